@@ -1,0 +1,3 @@
+from bindha_rwx.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,714 @@
+"""The configuration: one YAML file plus the pod's environment, validated in full.
+
+Every problem is reported as "where: what is wrong; how to fix it", all of them at
+once, so that an operator fixes a ConfigMap in one round. Validation only reads:
+it never writes, so a bad config changes nothing on the shared volume.
+
+This module is the bottom of the layering: it imports nothing from the package.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dns.name
+import dns.rdatatype
+import yaml
+
+DEFAULT_CONFIG_PATH = Path("/etc/bindha/config.yaml")
+
+TSIG_ALGORITHMS = (
+    "hmac-md5",
+    "hmac-sha1",
+    "hmac-sha224",
+    "hmac-sha256",
+    "hmac-sha384",
+    "hmac-sha512",
+)
+# update-policy rule types of BIND 9.18 that take a key (TSIG) identity.
+# "name", "subdomain" and "wildcard" need a name; the others must not have one.
+GRANT_RULES_WITH_NAME = ("name", "subdomain", "wildcard")
+GRANT_RULES_WITHOUT_NAME = ("zonesub", "self", "selfsub", "selfwild")
+_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+_KEY_NAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,253}[A-Za-z0-9_])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$")
+_LABEL_KEY = re.compile(r"^([a-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+_KEY_CLAUSE = re.compile(r'key\s+"?([^"\s{]+)"?\s*\{(.*?)\}\s*;', re.S)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+
+
+class ConfigError(Exception):
+    """The configuration is not usable; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[str], source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = [f"invalid configuration{where}:"] + [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Election timings in seconds; see docs/configuration.md for the budget."""
+
+    lease_duration: float = 10.0
+    renew_deadline: float = 6.0
+    retry_period: float = 2.0
+    stop_timeout: float = 3.0
+
+
+@dataclass(frozen=True)
+class Paths:
+    named_conf: Path = Path("/etc/named.conf")
+    work_dir: Path = Path("/var/lib/named")
+    dyn_dir: Path = Path("/var/lib/named/dyn")
+    role_file: Path = Path("/var/run/role")
+    named: Path = Path("/usr/sbin/named")
+    rndc: Path = Path("/usr/sbin/rndc")
+    rndc_key: Path = Path("/var/lib/named/rndc.key")
+
+    @property
+    def secondary_dir(self) -> Path:
+        """Where a secondary keeps its zone copies (its own PVC, never the shared volume)."""
+        return self.work_dir / "secondary"
+
+
+@dataclass(frozen=True)
+class RoleLabel:
+    key: str = "role"
+    leader: str = "leader"
+    standby: str = "standby"
+
+
+@dataclass(frozen=True)
+class Ports:
+    dns: int = 53
+    rndc: int = 953
+
+
+@dataclass(frozen=True)
+class TsigKey:
+    """A TSIG key from a mounted Secret file in ``tsig-keygen`` format."""
+
+    name: str
+    file: Path
+    algorithm: str
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One ``update-policy`` rule whose identity is a TSIG key."""
+
+    key: str
+    rule: str
+    name: str | None = None
+    types: tuple[str, ...] = ("ANY",)
+    action: str = "grant"
+
+
+@dataclass(frozen=True)
+class NameServer:
+    name: str
+    addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Soa:
+    """The SOA of a zone's bootstrap file; ignored once the zone exists on the volume."""
+
+    primary: str
+    contact: str
+    serial: int = 1
+    refresh: int = 3600
+    retry: int = 600
+    expire: int = 1209600
+    minimum: int = 300
+
+
+@dataclass(frozen=True)
+class Zone:
+    name: str  # absolute, lower case, with the trailing dot
+    soa: Soa
+    nameservers: tuple[NameServer, ...]
+    ttl: int = 300
+    update_policy: tuple[Grant, ...] = ()
+    allow_update: tuple[str, ...] = ()
+
+    @property
+    def file_name(self) -> str:
+        """File name of the zone in its directory; the journal adds ``.jnl``."""
+        base = self.name.rstrip(".") or "root"
+        return f"{base}.zone"
+
+
+@dataclass(frozen=True)
+class Secondaries:
+    service: str = "bind-secondary"
+    transfer_key: str | None = None
+
+
+@dataclass(frozen=True)
+class PodEnv:
+    """What the downward API tells this process about its pod."""
+
+    name: str | None = None
+    namespace: str | None = None
+    ip: str | None = None
+    node: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    cluster: str
+    namespace: str | None
+    lease_name: str
+    timing: Timing
+    paths: Paths
+    role_label: RoleLabel
+    ports: Ports
+    local_address: str
+    keys: dict[str, TsigKey]
+    zones: tuple[Zone, ...]
+    secondaries: Secondaries
+    pod: PodEnv
+    source: str = ""
+
+    def zone(self, name: str) -> Zone:
+        wanted = _absolute(name)
+        for zone in self.zones:
+            if zone.name == wanted:
+                return zone
+        raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------
+# loading
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                env: Mapping[str, str] | None = None) -> Config:
+    """Read, parse and validate the config file; raise ConfigError on any problem."""
+    file = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    source = str(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            [f"config file {file} does not exist: pass --config PATH, or mount the "
+             f"ConfigMap at {DEFAULT_CONFIG_PATH}"]) from None
+    except OSError as exc:
+        raise ConfigError([f"config file {file} cannot be read: {exc.strerror}"]) from None
+    return parse_config(text, env=env, source=source)
+
+
+def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = "") -> Config:
+    """Validate config text; relative key file paths resolve against the file's folder."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"not valid YAML{where}: {problem}"], source) from None
+    if data is None:
+        data = {}
+    base_dir = Path(source).parent if source else Path.cwd()
+    reader = _Reader(base_dir)
+    config = reader.read(data, os.environ if env is None else env, source)
+    if reader.problems:
+        raise ConfigError(reader.problems, source)
+    assert config is not None
+    return config
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string such as "10s", "500ms" or "1m"."""
+    if isinstance(value, bool):
+        raise ValueError("a duration, not a boolean")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            number, unit = float(match.group(1)), match.group(2) or "s"
+            return number * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit]
+    raise ValueError("a duration such as 10, 10s, 500ms or 1m")
+
+
+def parse_tsig_key_file(text: str) -> list[tuple[str, str, str]]:
+    """(name, algorithm, secret) for each ``key`` clause in tsig-keygen format."""
+    found = []
+    for match in _KEY_CLAUSE.finditer(text):
+        body = match.group(2)
+        algorithm = re.search(r"algorithm\s+\"?([\w-]+)\"?\s*;", body)
+        secret = re.search(r'secret\s+"([^"]+)"\s*;', body)
+        found.append((match.group(1), algorithm.group(1).lower() if algorithm else "",
+                      secret.group(1) if secret else ""))
+    return found
+
+
+def _absolute(name: str) -> str:
+    name = name.strip().lower()
+    return name if name.endswith(".") else name + "."
+
+
+# ---------------------------------------------------------------------------
+# validation
+
+
+class _Reader:
+    """Walks the YAML tree, collecting problems instead of stopping at the first."""
+
+    def __init__(self, base_dir: Path) -> None:
+        self.base_dir = base_dir
+        self.problems: list[str] = []
+        # Keys whose definition already failed: references to them are not errors twice.
+        self.broken_keys: set[str] = set()
+
+    def problem(self, where: str, message: str) -> None:
+        self.problems.append(f"{where}: {message}" if where else message)
+
+    # -- generic helpers -----------------------------------------------------
+
+    def mapping(self, value: Any, where: str, known: tuple[str, ...]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problem(where or "top level", f"expected a mapping, got {_show(value)}")
+            return {}
+        for key in value:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = (f"; did you mean {close[0]!r}?" if close
+                        else f"; known keys: {', '.join(known)}")
+                self.problem(_join(where, str(key)), f"unknown key{hint}")
+        return value
+
+    def string(self, data: dict[str, Any], key: str, where: str, default: str | None,
+               pattern: re.Pattern[str] | None = None, fix: str = "") -> str | None:
+        value = data.get(key, default)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            self.problem(_join(where, key), f"expected a non-empty string, got {_show(value)}")
+            return default
+        if pattern is not None and not pattern.match(value):
+            self.problem(_join(where, key), f"{value!r} is not valid: {fix}")
+            return default
+        return value
+
+    def integer(self, data: dict[str, Any], key: str, where: str, default: int,
+                low: int, high: int) -> int:
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            self.problem(_join(where, key),
+                         f"{_show(value)} is not valid: use a whole number from {low} to {high}")
+            return default
+        return value
+
+    def duration(self, data: dict[str, Any], key: str, where: str, default: float) -> float:
+        value = data.get(key, default)
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            self.problem(_join(where, key), f"{_show(value)} is not valid: use {exc}")
+            return default
+        if seconds <= 0:
+            self.problem(_join(where, key), f"{_show(value)} is not valid: use a positive duration")
+            return default
+        return seconds
+
+    def path(self, data: dict[str, Any], key: str, where: str, default: Path) -> Path:
+        value = data.get(key, str(default))
+        if not isinstance(value, str) or not value.startswith("/"):
+            self.problem(_join(where, key),
+                         f"{_show(value)} is not valid: use an absolute path such as {default}")
+            return default
+        return Path(value)
+
+    def dns_name(self, value: Any, where: str) -> str | None:
+        if not isinstance(value, str) or not value.strip():
+            self.problem(where, f"expected a domain name, got {_show(value)}")
+            return None
+        name = _absolute(value)
+        labels = name.rstrip(".").split(".") if name != "." else []
+        bad = [label for label in labels if not _LABEL.match(label)]
+        if bad or len(name) > 254:
+            self.problem(where, f"{value!r} is not a valid domain name: use letters, digits, "
+                                "'-' and '_' in dot-separated labels of at most 63 characters")
+            return None
+        dns.name.from_text(name)  # cannot fail after the checks above
+        return name
+
+    # -- sections ------------------------------------------------------------
+
+    def read(self, data: Any, env: Mapping[str, str], source: str) -> Config | None:
+        top = self.mapping(data, "", (
+            "cluster", "namespace", "lease", "timing", "paths", "roleLabel", "ports",
+            "localAddress", "keys", "zones", "secondaries"))
+        cluster = self.string(top, "cluster", "", "bind", _LABEL_VALUE,
+                              "use a Kubernetes label value (letters, digits, '-', '_', '.')")
+        pod = self.pod_env(env)
+        namespace = self.string(top, "namespace", "", None, _LABEL_VALUE,
+                                "use a Kubernetes namespace name")
+        if namespace and pod.namespace and namespace != pod.namespace:
+            self.problem("namespace", f"{namespace!r} differs from POD_NAMESPACE="
+                         f"{pod.namespace!r}: remove it from the config or make them agree")
+        lease = self.mapping(top.get("lease"), "lease", ("name",))
+        lease_name = self.string(lease, "name", "lease", "bind-master-leader", _LABEL_VALUE,
+                                 "use a Kubernetes object name (lower case, digits, '-', '.')")
+        keys = self.keys(top.get("keys"))
+        secondaries = self.secondaries(top.get("secondaries"), keys)
+        local_address = top.get("localAddress", "127.0.0.1")
+        if not _is_ip(local_address):
+            self.problem("localAddress", f"{_show(local_address)} is not an IP address: use the "
+                         "address named's controls and local probes use, such as 127.0.0.1")
+            local_address = "127.0.0.1"
+        return Config(
+            cluster=cluster or "bind",
+            namespace=pod.namespace or namespace,
+            lease_name=lease_name or "bind-master-leader",
+            timing=self.timing(top.get("timing")),
+            paths=self.paths(top.get("paths")),
+            role_label=self.role_label(top.get("roleLabel")),
+            ports=self.ports(top.get("ports")),
+            local_address=str(local_address),
+            keys=keys,
+            zones=self.zones(top.get("zones"), keys),
+            secondaries=secondaries,
+            pod=pod,
+            source=source,
+        )
+
+    def pod_env(self, env: Mapping[str, str]) -> PodEnv:
+        ip = env.get("POD_IP") or None
+        if ip is not None and not _is_ip(ip):
+            self.problem("POD_IP", f"{ip!r} is not an IP address: set it from the downward API "
+                         "(fieldRef status.podIP)")
+            ip = None
+        return PodEnv(name=env.get("POD_NAME") or None, namespace=env.get("POD_NAMESPACE") or None,
+                      ip=ip, node=env.get("NODE_NAME") or None)
+
+    def timing(self, value: Any) -> Timing:
+        data = self.mapping(value, "timing",
+                            ("leaseDuration", "renewDeadline", "retryPeriod", "stopTimeout"))
+        d = Timing()
+        timing = Timing(
+            lease_duration=self.duration(data, "leaseDuration", "timing", d.lease_duration),
+            renew_deadline=self.duration(data, "renewDeadline", "timing", d.renew_deadline),
+            retry_period=self.duration(data, "retryPeriod", "timing", d.retry_period),
+            stop_timeout=self.duration(data, "stopTimeout", "timing", d.stop_timeout),
+        )
+        # The fence (DESIGN invariant 2): a leader that cannot renew must have named
+        # stopped before anyone else may acquire the Lease.
+        if timing.retry_period >= timing.renew_deadline:
+            self.problem("timing.retryPeriod",
+                         f"{timing.retry_period:g}s must be less than renewDeadline "
+                         f"({timing.renew_deadline:g}s), or a single failed renewal loses the "
+                         "Lease: lower retryPeriod or raise renewDeadline")
+        if timing.renew_deadline + timing.stop_timeout >= timing.lease_duration:
+            self.problem("timing.leaseDuration",
+                         f"renewDeadline + stopTimeout = {timing.renew_deadline:g}s + "
+                         f"{timing.stop_timeout:g}s must be less than leaseDuration "
+                         f"({timing.lease_duration:g}s), or a cut-off leader may still run named "
+                         "when a standby takes the Lease: raise leaseDuration or lower the others")
+        return timing
+
+    def paths(self, value: Any) -> Paths:
+        names = {"namedConf": "named_conf", "workDir": "work_dir", "dynDir": "dyn_dir",
+                 "roleFile": "role_file", "named": "named", "rndc": "rndc", "rndcKey": "rndc_key"}
+        data = self.mapping(value, "paths", tuple(names))
+        d = Paths()
+        values = {attr: self.path(data, key, "paths", getattr(d, attr))
+                  for key, attr in names.items()}
+        paths = Paths(**values)
+        if paths.rndc_key.is_relative_to(paths.dyn_dir):
+            self.problem("paths.rndcKey", f"{paths.rndc_key} is on the shared volume: the rndc "
+                         "key is per pod; keep it under workDir, outside dynDir")
+        return paths
+
+    def role_label(self, value: Any) -> RoleLabel:
+        data = self.mapping(value, "roleLabel", ("key", "leader", "standby"))
+        d = RoleLabel()
+        fix = "use a Kubernetes label value (letters, digits, '-', '_', '.')"
+        label = RoleLabel(
+            key=self.string(data, "key", "roleLabel", d.key, _LABEL_KEY,
+                            "use a Kubernetes label key such as role or bindha.io/role") or d.key,
+            leader=self.string(data, "leader", "roleLabel", d.leader, _LABEL_VALUE, fix)
+            or d.leader,
+            standby=self.string(data, "standby", "roleLabel", d.standby, _LABEL_VALUE, fix)
+            or d.standby,
+        )
+        if label.leader == label.standby:
+            self.problem("roleLabel.standby", f"{label.standby!r} equals roleLabel.leader: the "
+                         "leader-only Service selects on it, so use two different values")
+        return label
+
+    def ports(self, value: Any) -> Ports:
+        data = self.mapping(value, "ports", ("dns", "rndc"))
+        ports = Ports(dns=self.integer(data, "dns", "ports", 53, 1, 65535),
+                      rndc=self.integer(data, "rndc", "ports", 953, 1, 65535))
+        if ports.dns == ports.rndc:
+            self.problem("ports.rndc", f"{ports.rndc} equals ports.dns: use another port")
+        return ports
+
+    def keys(self, value: Any) -> dict[str, TsigKey]:
+        keys: dict[str, TsigKey] = {}
+        if value is None:
+            return keys
+        if not isinstance(value, list):
+            self.problem("keys", f"expected a list of {{name, file}}, got {_show(value)}")
+            return keys
+        for i, item in enumerate(value):
+            where = f"keys[{i}]"
+            data = self.mapping(item, where, ("name", "file"))
+            name = self.string(data, "name", where, None, _KEY_NAME,
+                               "use letters, digits, '-', '_' and '.'")
+            file_value = self.string(data, "file", where, None)
+            if name is None or file_value is None:
+                if "name" not in data or "file" not in data:
+                    self.problem(where, "needs both name and file (a tsig-keygen key file, "
+                                 "usually a mounted Secret)")
+                continue
+            if name in keys:
+                self.problem(f"{where}.name", f"key {name!r} is defined twice: remove one")
+                continue
+            key = self.key_file(name, file_value, f"{where}.file")
+            if key is None:
+                self.broken_keys.add(name)
+            else:
+                keys[name] = key
+        return keys
+
+    def key_file(self, name: str, file_value: str, where: str) -> TsigKey | None:
+        file = Path(file_value)
+        if not file.is_absolute():
+            file = self.base_dir / file
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            self.problem(where, f"{file} cannot be read ({exc.strerror}): mount the Secret there "
+                         f"or create it with `tsig-keygen -a hmac-sha256 {name} > {file}`")
+            return None
+        clauses = parse_tsig_key_file(text)
+        match = [c for c in clauses if c[0] == name]
+        if not match:
+            found = ", ".join(c[0] for c in clauses) or "none"
+            self.problem(where, f"{file} has no `key \"{name}\"` clause (found: {found}): "
+                         f"create it with `tsig-keygen -a hmac-sha256 {name}`")
+            return None
+        _, algorithm, secret = match[0]
+        if algorithm not in TSIG_ALGORITHMS:
+            self.problem(where, f"{file}: algorithm {algorithm or '(none)'!r} of key {name!r} is "
+                         f"not supported: use one of {', '.join(TSIG_ALGORITHMS)}")
+            return None
+        try:
+            if not secret or not base64.b64decode(secret, validate=True):
+                raise binascii.Error
+        except (binascii.Error, ValueError):
+            self.problem(where, f"{file}: the secret of key {name!r} is not base64: regenerate "
+                         f"it with `tsig-keygen -a {algorithm} {name}`")
+            return None
+        return TsigKey(name=name, file=file, algorithm=algorithm, secret=secret)
+
+    def secondaries(self, value: Any, keys: dict[str, TsigKey]) -> Secondaries:
+        data = self.mapping(value, "secondaries", ("service", "transferKey"))
+        service = self.string(data, "service", "secondaries", "bind-secondary", _LABEL_VALUE,
+                              "use the name of the secondaries' headless Service")
+        transfer_key = self.string(data, "transferKey", "secondaries", None)
+        if (transfer_key is not None and transfer_key not in keys
+                and transfer_key not in self.broken_keys):
+            self.problem("secondaries.transferKey", f"{transfer_key!r} is not in keys: add it "
+                         f"there (known: {', '.join(keys) or 'none'})")
+        return Secondaries(service=service or "bind-secondary", transfer_key=transfer_key)
+
+    def zones(self, value: Any, keys: dict[str, TsigKey]) -> tuple[Zone, ...]:
+        if value is None:
+            value = []
+        if not isinstance(value, list):
+            self.problem("zones", f"expected a list of zones, got {_show(value)}")
+            return ()
+        zones: list[Zone] = []
+        seen: set[str] = set()
+        for i, item in enumerate(value):
+            zone = self.zone(item, f"zones[{i}]", keys)
+            if zone is None:
+                continue
+            if zone.name in seen:
+                self.problem(f"zones[{i}].name", f"zone {zone.name} is listed twice: remove one")
+                continue
+            seen.add(zone.name)
+            zones.append(zone)
+        return tuple(zones)
+
+    def zone(self, item: Any, where: str, keys: dict[str, TsigKey]) -> Zone | None:
+        data = self.mapping(item, where, ("name", "ttl", "soa", "nameservers", "updatePolicy",
+                                          "allowUpdate"))
+        if "name" not in data:
+            self.problem(where, "needs a name, such as example.com")
+            return None
+        name = self.dns_name(data["name"], f"{where}.name")
+        if name is None:
+            return None
+        nameservers = self.nameservers(data.get("nameservers"), f"{where}.nameservers", name)
+        policy = self.update_policy(data.get("updatePolicy"), f"{where}.updatePolicy", keys)
+        allow = self.allow_update(data.get("allowUpdate"), f"{where}.allowUpdate", keys)
+        if "updatePolicy" in data and "allowUpdate" in data:
+            self.problem(where, "has both updatePolicy and allowUpdate: BIND takes only one; "
+                         "keep updatePolicy")
+        elif "updatePolicy" not in data and "allowUpdate" not in data:
+            self.problem(where, f"zone {name} takes no updates: give it updatePolicy "
+                         "(preferred) or allowUpdate with a TSIG key")
+        ttl = self.integer(data, "ttl", where, 300, 0, 2147483647)
+        soa = self.soa(data.get("soa"), f"{where}.soa", name, nameservers)
+        if not nameservers or soa is None or not (policy or allow):
+            return None
+        return Zone(name=name, soa=soa, nameservers=nameservers, ttl=ttl,
+                    update_policy=policy, allow_update=allow)
+
+    def nameservers(self, value: Any, where: str, zone: str) -> tuple[NameServer, ...]:
+        if not isinstance(value, list) or not value:
+            self.problem(where, f"zone {zone} needs at least one name server, such as "
+                         f"[ns1.{zone}] with its addresses, for its bootstrap NS records")
+            return ()
+        result = []
+        for i, item in enumerate(value):
+            at = f"{where}[{i}]"
+            if isinstance(item, str):
+                item = {"name": item}
+            data = self.mapping(item, at, ("name", "addresses"))
+            name = self.dns_name(data.get("name"), f"{at}.name")
+            if name is None:
+                continue
+            addresses = data.get("addresses", [])
+            if not isinstance(addresses, list) or not all(_is_ip(a) for a in addresses):
+                self.problem(f"{at}.addresses", f"{_show(addresses)} is not a list of IP "
+                             "addresses")
+                addresses = []
+            in_zone = zone == "." or name == zone or name.endswith("." + zone)
+            if in_zone and not addresses:
+                self.problem(at, f"{name} lies inside zone {zone}, so named needs its address "
+                             "(glue) to load the zone: add addresses: [IP, ...]")
+            result.append(NameServer(name=name, addresses=tuple(str(a) for a in addresses)))
+        return tuple(result)
+
+    def soa(self, value: Any, where: str, zone: str,
+            nameservers: tuple[NameServer, ...]) -> Soa | None:
+        data = self.mapping(value, where, ("primary", "contact", "serial", "refresh", "retry",
+                                           "expire", "minimum"))
+        primary = (self.dns_name(data["primary"], f"{where}.primary") if "primary" in data
+                   else nameservers[0].name if nameservers else None)
+        contact = (self.dns_name(data["contact"], f"{where}.contact") if "contact" in data
+                   else "hostmaster." + (zone if zone != "." else ""))
+        if primary is None or contact is None:
+            return None
+        d = Soa(primary=primary, contact=contact)
+        return Soa(
+            primary=primary,
+            contact=contact,
+            serial=self.integer(data, "serial", where, d.serial, 0, 4294967295),
+            refresh=self.integer(data, "refresh", where, d.refresh, 1, 2147483647),
+            retry=self.integer(data, "retry", where, d.retry, 1, 2147483647),
+            expire=self.integer(data, "expire", where, d.expire, 1, 2147483647),
+            minimum=self.integer(data, "minimum", where, d.minimum, 0, 2147483647),
+        )
+
+    def update_policy(self, value: Any, where: str,
+                      keys: dict[str, TsigKey]) -> tuple[Grant, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not value:
+            self.problem(where, f"expected a list of rules such as [{{key: update-key, "
+                         f"rule: zonesub}}], got {_show(value)}")
+            return ()
+        grants = []
+        for i, item in enumerate(value):
+            at = f"{where}[{i}]"
+            data = self.mapping(item, at, ("key", "rule", "name", "types", "action"))
+            key = self.key_ref(data.get("key"), f"{at}.key", keys)
+            rule = data.get("rule", "zonesub")
+            rules = GRANT_RULES_WITH_NAME + GRANT_RULES_WITHOUT_NAME
+            if rule not in rules:
+                self.problem(f"{at}.rule", f"{_show(rule)} is not supported: use one of "
+                             f"{', '.join(rules)}")
+                continue
+            name = None
+            if rule in GRANT_RULES_WITH_NAME:
+                if "name" not in data:
+                    self.problem(at, f"rule {rule} needs a name (the owner name it grants)")
+                    continue
+                name = self.dns_name(str(data["name"]).replace("*", "x", 1), f"{at}.name")
+                if name is None:
+                    continue
+                name = _absolute(str(data["name"]))
+            elif "name" in data:
+                self.problem(f"{at}.name", f"rule {rule} takes no name: remove it")
+            types = data.get("types", ["ANY"])
+            if isinstance(types, str):
+                types = [types]
+            good_types = []
+            for t in types if isinstance(types, list) else [types]:
+                try:
+                    dns.rdatatype.from_text(str(t))
+                    good_types.append(str(t).upper())
+                except (dns.rdatatype.UnknownRdatatype, ValueError):
+                    self.problem(f"{at}.types", f"{_show(t)} is not a record type: use names "
+                                 "such as A, AAAA, TXT, CNAME or ANY")
+            action = data.get("action", "grant")
+            if action not in ("grant", "deny"):
+                self.problem(f"{at}.action", f"{_show(action)} is not valid: use grant or deny")
+                continue
+            if key is not None and good_types:
+                grants.append(Grant(key=key, rule=rule, name=name, types=tuple(good_types),
+                                    action=action))
+        return tuple(grants)
+
+    def allow_update(self, value: Any, where: str, keys: dict[str, TsigKey]) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not value:
+            self.problem(where, f"expected a list of TSIG key names, got {_show(value)}")
+            return ()
+        names = [self.key_ref(item, f"{where}[{i}]", keys) for i, item in enumerate(value)]
+        return tuple(n for n in names if n is not None)
+
+    def key_ref(self, value: Any, where: str, keys: dict[str, TsigKey]) -> str | None:
+        if not isinstance(value, str) or not value:
+            self.problem(where, f"expected the name of a key from keys, got {_show(value)}")
+            return None
+        if value not in keys:
+            if value not in self.broken_keys:
+                self.problem(where, f"key {value!r} is not defined: add it to keys "
+                             f"(known: {', '.join(keys) or 'none'})")
+            return None
+        return value
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_ip(value: Any) -> bool:
+    try:
+        ipaddress.ip_address(str(value))
+    except ValueError:
+        return False
+    return isinstance(value, str)

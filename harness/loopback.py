@@ -1,0 +1,47 @@
+"""Loopback aliases: one 127.0.0.N per "pod".
+
+Linux routes all of 127/8 to lo, but named listens only on addresses that exist on
+an interface, so each pod address is added to lo (needs root, or CAP_NET_ADMIN).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+
+_lock = threading.Lock()
+
+
+def has_address(ip: str) -> bool:
+    out = subprocess.run(["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True,
+                         text=True, timeout=10, check=True).stdout
+    return any(f" {ip}/" in line for line in out.splitlines())
+
+
+def ensure_alias(ip: str) -> None:
+    """Add ``ip`` to lo unless it is there already; raise with ip's words on failure."""
+    with _lock:
+        if has_address(ip):
+            return
+        result = subprocess.run(["ip", "addr", "add", f"{ip}/8", "dev", "lo"],
+                                capture_output=True, text=True, timeout=10, check=False)
+        if result.returncode != 0 and not has_address(ip):
+            raise PermissionError(f"cannot add {ip} to lo: {result.stderr.strip()} "
+                                  "(run as root, or with CAP_NET_ADMIN)")
+
+
+class AddressPool:
+    """Hands out 127.0.0.N addresses, from ``first`` up, each aliased on lo."""
+
+    def __init__(self, first: int = 10, last: int = 250) -> None:
+        self._next = first
+        self._last = last
+
+    def take(self) -> str:
+        with _lock:
+            if self._next > self._last:
+                raise RuntimeError("loopback address pool exhausted")
+            ip = f"127.0.0.{self._next}"
+            self._next += 1
+        ensure_alias(ip)
+        return ip

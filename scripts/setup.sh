@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Everything a fresh machine needs for the tests and the demo, idempotent:
+#   apt: bind9 bind9-utils bind9-dnsutils iproute2 openssl (when missing)
+#   .venv with this package and its test extra
+#   the test control plane (kube-apiserver + etcd), built from the Go module proxy, cached
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+need_apt=()
+for tool in named:bind9 named-checkconf:bind9-utils rndc:bind9-utils tsig-keygen:bind9 \
+            dig:bind9-dnsutils nsupdate:bind9-dnsutils ip:iproute2 openssl:openssl; do
+  cmd=${tool%%:*} pkg=${tool#*:}
+  if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
+    need_apt+=("$pkg")
+  fi
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  pkgs=$(printf '%s\n' "${need_apt[@]}" | sort -u | tr '\n' ' ')
+  say "installing Debian packages: $pkgs"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $pkgs >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  say "Python 3.11 or newer is needed (found $("$python" --version 2>&1)); set PYTHON=..."
+  exit 1
+fi
+stamp=.venv/.installed
+if [ ! -x .venv/bin/python ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "creating .venv and installing bindha-rwx[test]"
+  "$python" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test]'
+  touch "$stamp"
+fi
+
+if ! command -v go >/dev/null 2>&1; then
+  if [ -x /usr/local/go/bin/go ]; then
+    export PATH="/usr/local/go/bin:$PATH"
+  else
+    say "Go is needed to build the test control plane (go 1.21+; it fetches the toolchain"
+    say "that scripts/testplane/go.mod names from the Go module proxy)"
+    exit 1
+  fi
+fi
+scripts/build-testplane.sh >/dev/null
+say "ready"

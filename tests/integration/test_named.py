@@ -1,0 +1,139 @@
+"""A real named from Debian's bind9, started from our rendered configs.
+
+Proves what the renderer promises on the wire: TSIG-signed updates are taken and
+served, unsigned ones are REFUSED, a rendered secondary transfers the zone with TSIG
+and follows NOTIFYs, and a transfer without the key is refused.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import dns.update
+import dns.xfr
+import dns.zone
+import pytest
+
+from bindha_rwx.render import render_bootstrap_zone, render_primary, render_secondary
+from harness.bindlab import (
+    NamedProcess,
+    keyring,
+    load_pod_config,
+    write_pod_config,
+)
+
+ZONE = "lab.example."
+ZONES = [{"name": ZONE,
+          "nameservers": [{"name": "ns1.lab.example", "addresses": ["192.0.2.53"]}],
+          "updatePolicy": [{"key": "update-key", "rule": "zonesub"}]}]
+
+
+@pytest.fixture
+def primary(tmp_path: Path, address_pool, key_files, shared_dir):
+    ip = address_pool.take()
+    path = write_pod_config(tmp_path / "master-0", pod_ip=ip, dyn_dir=shared_dir,
+                            key_files=key_files, zones=ZONES, rndc_port=9531)
+    config = load_pod_config(path, "bind-master-0", ip)
+    zone = config.zones[0]
+    (shared_dir / zone.file_name).write_text(render_bootstrap_zone(zone))
+    named = NamedProcess.from_text(config, render_primary(config, also_notify=[]))
+    yield named
+    named.stop()
+
+
+def start_secondary(tmp_path: Path, address_pool, key_files, shared_dir,
+                    primary: NamedProcess) -> NamedProcess:
+    ip = address_pool.take()
+    path = write_pod_config(tmp_path / "secondary-0", pod_ip=ip, dyn_dir=shared_dir,
+                            key_files=key_files, zones=ZONES, rndc_port=9532)
+    config = load_pod_config(path, "bind-secondary-0", ip)
+    named = NamedProcess.from_text(config, render_secondary(config, primary.ip))
+    named.start()
+    return named
+
+
+def send_update(named: NamedProcess, name: str, address: str, key=None) -> int:
+    update = dns.update.UpdateMessage(ZONE, keyring=key and keyring(key),
+                                      keyname=key and key.name)
+    update.replace(name, 300, "A", address)
+    answer = dns.query.tcp(update, named.ip, port=named.config.ports.dns, timeout=5)
+    return answer.rcode()
+
+
+def lookup(named: NamedProcess, name: str) -> list[str]:
+    query = dns.message.make_query(f"{name}.{ZONE}", dns.rdatatype.A)
+    answer = dns.query.udp(query, named.ip, port=named.config.ports.dns, timeout=2)
+    return sorted(rr.address for rrset in answer.answer for rr in rrset)
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+def test_signed_update_is_served_unsigned_is_refused(primary: NamedProcess, shared_dir):
+    primary.start()
+    primary.wait_serving()
+    key = primary.config.keys["update-key"]
+    assert send_update(primary, "www", "192.0.2.10", key) == dns.rcode.NOERROR
+    assert lookup(primary, "www") == ["192.0.2.10"]
+    assert send_update(primary, "evil", "192.0.2.66") == dns.rcode.REFUSED
+    assert lookup(primary, "evil") == []
+    # The update went to the journal on the shared volume, as DESIGN invariant 4 needs.
+    assert (shared_dir / "lab.example.zone.jnl").stat().st_size > 0
+    wrong = primary.config.keys["transfer-key"]  # a known key that the policy does not grant
+    assert send_update(primary, "other", "192.0.2.67", wrong) == dns.rcode.REFUSED
+
+
+def test_secondary_transfers_with_tsig_and_follows_notify(
+        primary: NamedProcess, tmp_path, address_pool, key_files, shared_dir):
+    primary.start()
+    primary.wait_serving()
+    key = primary.config.keys["update-key"]
+    assert send_update(primary, "before", "192.0.2.1", key) == dns.rcode.NOERROR
+
+    secondary = start_secondary(tmp_path, address_pool, key_files, shared_dir, primary)
+    try:
+        serial = primary.soa_serial(ZONE)
+        secondary.wait_serving(min_serial=serial)
+        assert lookup(secondary, "before") == ["192.0.2.1"]
+        # The secondary never writes: it refuses updates.
+        assert send_update(secondary, "x", "192.0.2.2", key) in (dns.rcode.REFUSED,
+                                                                  dns.rcode.NOTAUTH)
+
+        # Re-render the primary with the secondary in also-notify, as the leader does.
+        primary.stop()
+        primary.conf_path.write_text(render_primary(primary.config, also_notify=[secondary.ip]))
+        primary.start()
+        primary.wait_serving()
+        assert send_update(primary, "after", "192.0.2.3", key) == dns.rcode.NOERROR
+        # The refresh timer is an hour: only the signed NOTIFY brings the update this fast.
+        wait_for(lambda: lookup(secondary, "after") == ["192.0.2.3"], 10,
+                 "the secondary serves the update after NOTIFY")
+        assert "notify from" in secondary.log_tail(200).lower()
+    finally:
+        secondary.stop()
+
+
+def test_transfer_needs_the_key(primary: NamedProcess):
+    primary.start()
+    primary.wait_serving()
+    with pytest.raises(dns.xfr.TransferError) as info:
+        dns.zone.from_xfr(dns.query.xfr(primary.ip, ZONE, port=primary.config.ports.dns,
+                                        timeout=5, lifetime=10))
+    assert info.value.rcode == dns.rcode.REFUSED
+    key = primary.config.keys["transfer-key"]
+    zone = dns.zone.from_xfr(dns.query.xfr(primary.ip, ZONE, port=primary.config.ports.dns,
+                                           keyring=keyring(key), keyname=key.name,
+                                           timeout=5, lifetime=10))
+    assert zone.get_rdataset("@", "SOA") is not None

@@ -1,0 +1,52 @@
+"""The real control plane: a kube-apiserver with embedded etcd, once per session.
+
+BINDHA_TEST_KUBECONFIG points the tests at any other cluster instead (each test
+still gets a namespace of its own, deleted afterwards).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+
+from harness.testplane import TestPlane, build_binary
+from tests.conftest import require
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    external = os.environ.get("BINDHA_TEST_KUBECONFIG")
+    if external:
+        yield Path(external)
+        return
+    require(Path("/usr/bin/openssl").exists() or bool(os.environ.get("BINDHA_TESTPLANE_BIN")),
+            "openssl is needed to make the apiserver's service-account key")
+    try:
+        binary = build_binary()
+    except Exception as exc:  # the build's own output is on stderr already
+        require(False, f"the test control plane could not be built: {exc}")
+        raise
+    plane = TestPlane(binary=binary, workdir=tmp_path_factory.mktemp("testplane"))
+    plane.start()
+    yield plane.kubeconfig
+    plane.stop()
+
+
+@pytest.fixture(scope="session")
+def api_client(kubeconfig: Path) -> client.ApiClient:
+    return config.new_client_from_config(config_file=str(kubeconfig))
+
+
+@pytest.fixture
+def namespace(api_client: client.ApiClient) -> Iterator[str]:
+    """A fresh namespace per test, so tests never see each other's objects."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core = client.CoreV1Api(api_client)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)
