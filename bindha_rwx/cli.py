@@ -66,6 +66,24 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--no-check", action="store_true",
                         help="skip named-checkconf (for a machine without BIND)")
     render.set_defaults(handler=_render)
+
+    run = commands.add_parser(
+        "run", help="the master pod's supervisor (its entrypoint, PID 1)",
+        description="Elect a leader with the Lease, fence the shared volume, and run named "
+                    "only while this pod holds both. Needs POD_NAME, POD_NAMESPACE (or "
+                    "namespace in the config) and POD_IP. SIGTERM hands over gracefully.")
+    run.add_argument("--config", default=str(DEFAULT_CONFIG_PATH),
+                     help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    run.set_defaults(handler=_run)
+
+    probe = commands.add_parser(
+        "probe", help="exec probes: live (the watchdog) and ready",
+        description="Exit 0 when healthy, 1 when not, with one line saying why. Answers in "
+                    "under a second; reads only local state, plus a DNS query for ready.")
+    probe.add_argument("kind", choices=("live", "ready"))
+    probe.add_argument("--config", default=str(DEFAULT_CONFIG_PATH),
+                       help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    probe.set_defaults(handler=_probe)
     return parser
 
 
@@ -87,6 +105,35 @@ def _render(args: argparse.Namespace) -> int:
         check_conf(text)
     sys.stdout.write(text)
     return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    missing = [name for name, value in (("POD_NAME", config.pod.name),
+                                        ("POD_IP", config.pod.ip),
+                                        ("POD_NAMESPACE", config.namespace)) if not value]
+    if missing:
+        raise UsageError(f"{', '.join(missing)} not set: give the pod these env variables "
+                         "from the downward API (see manifests/), or namespace in the config")
+    # Imported here: the supervisor pulls in the Kubernetes client, which `render` and
+    # the probes do not need (they must answer fast).
+    from bindha_rwx.kube import KubeConfigError, api_client
+    from bindha_rwx.master import Master
+
+    try:
+        api = api_client()
+    except KubeConfigError as exc:
+        raise UsageError(str(exc)) from None
+    return Master(config, api).run()
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from bindha_rwx.probes import probe_live, probe_ready
+
+    config = load_config(args.config)
+    ok, reason = (probe_live if args.kind == "live" else probe_ready)(config)
+    print(f"{args.kind}: {'ok' if ok else 'FAIL'}: {reason}")
+    return EXIT_OK if ok else EXIT_FAILURE
 
 
 def _require_included_files(config: Config) -> None:

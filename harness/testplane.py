@@ -161,7 +161,8 @@ class TestPlane:
         except OSError:
             return ""
 
-    def stop(self, timeout: float = 20.0) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, SIGKILL after ``timeout``: test data is thrown away anyway."""
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return

@@ -1,0 +1,179 @@
+"""Storage fencing on the shared volume: the fcntl lock, the epoch, the owner record.
+
+Layout under ``dynDir/.bindha/`` (DESIGN "Shared volume layout"):
+
+- ``lock`` (generation 0) or ``lock.<N>`` (generation N): the fcntl lock, taken with
+  fasteners. POSIX fcntl locks belong to the process and vanish when the process
+  closes ANY descriptor of the file, so nothing in this process opens a lock file
+  except the StorageLock that holds it, and metadata lives in other files.
+- ``generation``: the current lock generation (absent means 0). ``fence break`` moves
+  to a new generation when an old holder's lock is stuck (a frozen VM, a dead NFS
+  client); that defeats the old lock, so it is for operators only (invariant 10).
+- ``epoch``: the fencing epoch, an integer bumped by every new lock holder, written
+  atomically (temp file, fsync, rename, fsync of the folder). A leader that sees the
+  epoch move under it has been fenced and must stop ``named`` at once.
+- ``owner.json``: who holds the lock (pod, node, pod IP, pid, epoch, since).
+
+File I/O on a dead network volume can block without bound; the supervisor never
+does it on the thread that renews the Lease or on the thread that kills ``named``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import fasteners
+
+META_DIR = ".bindha"
+
+
+class FenceError(Exception):
+    """The fencing metadata is unreadable or inconsistent; the message says which file."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    pod: str
+    node: str
+    pod_ip: str
+    pid: int
+    epoch: int
+    generation: int
+    since: str  # ISO 8601 UTC, for people; no decision compares it with a clock
+
+    @classmethod
+    def now(cls, *, pod: str, node: str, pod_ip: str, epoch: int, generation: int) -> Owner:
+        since = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return cls(pod=pod, node=node, pod_ip=pod_ip, pid=os.getpid(), epoch=epoch,
+                   generation=generation, since=since)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Replace ``path`` so that readers see the old or the new text, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class SharedVolume:
+    """The fencing metadata in ``dynDir/.bindha``."""
+
+    def __init__(self, dyn_dir: Path) -> None:
+        self.dyn_dir = dyn_dir
+        self.meta_dir = dyn_dir / META_DIR
+
+    @property
+    def epoch_file(self) -> Path:
+        return self.meta_dir / "epoch"
+
+    @property
+    def owner_file(self) -> Path:
+        return self.meta_dir / "owner.json"
+
+    @property
+    def generation_file(self) -> Path:
+        return self.meta_dir / "generation"
+
+    def ensure(self) -> None:
+        """Create ``.bindha/`` when missing (the first pod ever on a new volume)."""
+        if not self.dyn_dir.is_dir():
+            raise FenceError(f"{self.dyn_dir} (paths.dynDir) is not a directory: mount the "
+                             "shared ReadWriteMany volume there")
+        self.meta_dir.mkdir(mode=0o755, exist_ok=True)
+
+    def _read_int(self, path: Path) -> int:
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            return 0
+        try:
+            value = int(text)
+        except ValueError:
+            raise FenceError(f"{path} holds {text[:40]!r}, not an integer: see "
+                             "docs/runbooks/fencing-metadata.md") from None
+        if value < 0:
+            raise FenceError(f"{path} holds a negative number {value}")
+        return value
+
+    def read_epoch(self) -> int:
+        return self._read_int(self.epoch_file)
+
+    def write_epoch(self, epoch: int) -> None:
+        atomic_write(self.epoch_file, f"{epoch}\n")
+
+    def bump_epoch(self) -> int:
+        """Next epoch; only the lock holder (or `fence break`) may call this."""
+        epoch = self.read_epoch() + 1
+        self.write_epoch(epoch)
+        return epoch
+
+    def read_generation(self) -> int:
+        return self._read_int(self.generation_file)
+
+    def write_generation(self, generation: int) -> None:
+        atomic_write(self.generation_file, f"{generation}\n")
+
+    def lock_path(self, generation: int | None = None) -> Path:
+        gen = self.read_generation() if generation is None else generation
+        return self.meta_dir / ("lock" if gen == 0 else f"lock.{gen}")
+
+    def read_owner(self) -> Owner | None:
+        try:
+            data = json.loads(self.owner_file.read_text())
+        except FileNotFoundError:
+            return None
+        except (ValueError, OSError) as exc:
+            raise FenceError(f"{self.owner_file} is not readable JSON: {exc}") from None
+        try:
+            return Owner(**{k: data[k] for k in Owner.__dataclass_fields__})
+        except (KeyError, TypeError):
+            raise FenceError(f"{self.owner_file} lacks fields of an owner record") from None
+
+    def write_owner(self, owner: Owner) -> None:
+        atomic_write(self.owner_file, json.dumps(asdict(owner), indent=1) + "\n")
+
+
+class StorageLock:
+    """The fcntl lock of one generation; acquiring never blocks without bound."""
+
+    def __init__(self, path: Path, generation: int) -> None:
+        self.path = path
+        self.generation = generation
+        self._lock = fasteners.InterProcessLock(str(path))
+
+    @property
+    def held(self) -> bool:
+        return bool(self._lock.acquired)
+
+    def try_acquire(self) -> bool:
+        """One non-blocking attempt."""
+        return bool(self._lock.acquire(blocking=False))
+
+    def acquire(self, timeout: float, interval: float = 0.05) -> bool:
+        """Try until ``timeout`` seconds have passed; False if someone else holds it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.try_acquire():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+    def release(self) -> None:
+        if self.held:
+            self._lock.release()

@@ -1,0 +1,158 @@
+"""The Kubernetes API: client set-up, pod role labels and Events.
+
+Label and Event writes are slow work from the fence's point of view: they go through
+a Publisher thread, so no caller (least of all the Lease renewal) waits for them.
+Every call carries a timeout, and the client never retries on its own (a retried
+write after a read timeout could outlive the deadline it was meant to meet).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from bindha_rwx.config import Config
+from bindha_rwx.log import get_logger
+
+CLUSTER_LABEL = "bindha.io/cluster"
+COMPONENT_LABEL = "bindha.io/component"
+COMPONENT = "bindha-rwx"
+log = get_logger("kube")
+
+
+class KubeConfigError(Exception):
+    """No usable API credentials; the message says where we looked."""
+
+
+def api_client() -> client.ApiClient:
+    """In-cluster credentials in a pod, else KUBECONFIG (or ~/.kube/config)."""
+    configuration = client.Configuration()
+    try:
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config(client_configuration=configuration)
+        else:
+            config.load_kube_config(client_configuration=configuration)
+    except (config.ConfigException, OSError, TypeError) as exc:
+        raise KubeConfigError(f"no Kubernetes credentials: {exc}. In a pod, mount the "
+                              "ServiceAccount token; elsewhere set KUBECONFIG") from None
+    configuration.retries = False
+    return client.ApiClient(configuration)
+
+
+def master_selector(cfg: Config) -> str:
+    return f"{CLUSTER_LABEL}={cfg.cluster},{COMPONENT_LABEL}=master"
+
+
+@dataclass
+class _RoleRequest:
+    role: str
+    done: threading.Event
+
+
+@dataclass
+class _EventRequest:
+    reason: str
+    message: str
+    type: str
+
+
+class Publisher:
+    """Pod role labels and Events, written by one background thread."""
+
+    def __init__(self, api: client.ApiClient, cfg: Config, timeout: float) -> None:
+        self.core = client.CoreV1Api(api)
+        self.cfg = cfg
+        self.timeout = timeout
+        self._queue: queue.Queue[_RoleRequest | _EventRequest | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
+        self.role_published: str | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=2 * self.timeout)
+
+    def publish_role(self, role: str) -> threading.Event:
+        """Label this pod leader/standby; the Event returned is set once done or given up."""
+        done = threading.Event()
+        self._queue.put(_RoleRequest(role, done))
+        return done
+
+    def event(self, reason: str, message: str, type_: str = "Normal") -> None:
+        self._queue.put(_EventRequest(reason, message, type_))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                if isinstance(item, _RoleRequest):
+                    self._label(item.role)
+                else:
+                    self._emit(item)
+            except (ApiException, Urllib3Error, OSError, ValueError) as exc:
+                log.warning("kube.write_failed", what=type(item).__name__.strip("_"),
+                            error=_short(exc))
+            finally:
+                if isinstance(item, _RoleRequest):
+                    item.done.set()
+
+    def _label(self, role: str) -> None:
+        pod = self.cfg.pod.name
+        namespace = self.cfg.namespace
+        if not pod or not namespace:
+            return
+        key = self.cfg.role_label.key
+        value = self.cfg.role_label.leader if role == "leader" else self.cfg.role_label.standby
+        if role == "leader":
+            # A new leader relabels any other master still marked leader (a crashed one).
+            stale = self.core.list_namespaced_pod(
+                namespace, label_selector=f"{master_selector(self.cfg)},{key}={value}",
+                _request_timeout=self.timeout)
+            for other in stale.items:
+                if other.metadata.name != pod:
+                    self._patch(other.metadata.name, self.cfg.role_label.standby)
+                    log.info("role.relabelled", pod=other.metadata.name,
+                             role=self.cfg.role_label.standby)
+        self._patch(pod, value)
+        self.role_published = role
+        log.info("role.labelled", pod=pod, label=f"{key}={value}")
+
+    def _patch(self, pod: str, value: str) -> None:
+        labels = {self.cfg.role_label.key: value, CLUSTER_LABEL: self.cfg.cluster,
+                  COMPONENT_LABEL: "master"}
+        self.core.patch_namespaced_pod(pod, self.cfg.namespace, {"metadata": {"labels": labels}},
+                                       _request_timeout=self.timeout)
+
+    def _emit(self, item: _EventRequest) -> None:
+        pod = self.cfg.pod.name
+        namespace = self.cfg.namespace
+        if not pod or not namespace:
+            return
+        now = datetime.now(UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{pod}.", namespace=namespace),
+            involved_object=client.V1ObjectReference(kind="Pod", name=pod, namespace=namespace,
+                                                     api_version="v1"),
+            reason=item.reason, message=item.message, type=item.type,
+            source=client.V1EventSource(component=COMPONENT, host=self.cfg.pod.node),
+            first_timestamp=now, last_timestamp=now, count=1,
+            reporting_component=COMPONENT, reporting_instance=pod)
+        self.core.create_namespaced_event(namespace, event, _request_timeout=self.timeout)
+
+
+def _short(exc: Exception) -> str:
+    if isinstance(exc, ApiException):
+        return f"HTTP {exc.status} {exc.reason}"
+    return f"{type(exc).__name__}: {exc}"[:200]
+

@@ -1,0 +1,353 @@
+"""The master supervisor (`bindha-rwx run`): election + fencing + the named lifecycle.
+
+States of this pod, and what moves it:
+
+    standby ──Lease won──▶ fencing ──lock taken, epoch bumped──▶ leader
+       ▲                     │ lock held by another                │
+       │                     ▼                                     │
+       │             blocked-on-fence (keeps the Lease, retries)   │
+       └──── Lease lost / epoch moved / named crash-looping ◀──────┘
+    any state ──SIGTERM──▶ stopping: leave the Service, stop named, unlock, release
+
+Threads, each with one job (DESIGN: "Liveness of the fence beats everything"):
+
+- elector: Lease acquire/renew/release, API calls only (bindha_rwx.election);
+- watcher: the Lease watch, so a released Lease is taken at once;
+- guard: kills named the moment ``elector.holds()`` turns false. It does no I/O and
+  calls no API, so nothing can hold it up; it is the fence's last line;
+- controller: the state machine below. It starts named, so it lives as long as the
+  process (named's parent-death signal fires when the thread that forked it ends);
+- publisher: pod labels and Events (bindha_rwx.kube);
+- the main thread: signals and, as PID 1, reaping orphans.
+
+Invariant 3: a new leader acquires the Lease, then the lock, bumps the epoch, writes
+the owner record, and only then starts named. named runs only while all three hold.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from enum import Enum
+from pathlib import Path
+
+from kubernetes import client
+
+from bindha_rwx.bindtools import BindToolError, check_conf, ensure_key_file
+from bindha_rwx.config import Config
+from bindha_rwx.election import EPOCH_ANNOTATION, Elector, LeaseClient, LeaseWatcher
+from bindha_rwx.fencing import FenceError, Owner, SharedVolume, StorageLock, atomic_write
+from bindha_rwx.kube import Publisher
+from bindha_rwx.log import get_logger
+from bindha_rwx.named import NamedError, NamedProcess, RestartPolicy
+from bindha_rwx.probes import RunState, RuntimeFiles, write_role_file
+from bindha_rwx.reaper import reap_orphans
+from bindha_rwx.render import RNDC_KEY_NAME, render_bootstrap_zone, render_primary
+
+log = get_logger("master")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+
+
+class State(Enum):
+    STANDBY = "standby"
+    BLOCKED = "blocked-on-fence"
+    LEADER = "leader"
+    STOPPING = "stopping"
+
+
+class Master:
+    """One master pod's supervisor."""
+
+    def __init__(self, config: Config, api: client.ApiClient) -> None:
+        assert config.pod.name and config.namespace
+        self.config = config
+        timing = config.timing
+        self.volume = SharedVolume(config.paths.dyn_dir)
+        self.runtime = RuntimeFiles(config.paths.work_dir)
+        self.lease = LeaseClient(api, config.namespace, config.lease_name)
+        self._wake = threading.Event()
+        self.elector = Elector(self.lease, config.pod.name, timing,
+                               on_change=self._wake.set, heartbeat=self.runtime.beat)
+        self.watcher = LeaseWatcher(self.lease, self.elector, timing)
+        self.publisher = Publisher(api, config, timeout=timing.retry_period)
+        self.restarts = RestartPolicy()
+        self.shutdown = threading.Event()
+        self.finished = threading.Event()
+        self.state = State.STANDBY
+        self.named: NamedProcess | None = None
+        self.lock: StorageLock | None = None
+        self.epoch: int | None = None
+        self._next_epoch_check = 0.0
+        self._restart_at: float | None = None
+        self._serving_since: float | None = None
+        self._blocked_since: float | None = None
+        self._next_state_write = 0.0
+
+    # -- entry point (main thread) ---------------------------------------------
+
+    def run(self) -> int:
+        self.runtime.ensure()
+        self.runtime.beat()
+        self.volume.ensure()
+        ensure_key_file(self.config.paths.rndc_key, RNDC_KEY_NAME)
+        log.info("supervisor.start", pod=self.config.pod.name, namespace=self.config.namespace,
+                 lease=self.config.lease_name, dyn_dir=str(self.config.paths.dyn_dir),
+                 timing=vars(self.config.timing))
+        self._set_role_standby(publish=True)
+        threads = [
+            threading.Thread(target=self.elector.run, name="elector", daemon=True),
+            threading.Thread(target=self.watcher.run, name="watcher", daemon=True),
+            threading.Thread(target=self._guard, name="guard", daemon=True),
+            threading.Thread(target=self._control, name="controller", daemon=True),
+        ]
+        self.publisher.start()
+        for thread in threads:
+            thread.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        is_pid1 = os.getpid() == 1
+        while not self.finished.wait(0.2):
+            if is_pid1:
+                reap_orphans(self._managed_pids())
+        log.info("supervisor.exit", code=EXIT_OK)
+        return EXIT_OK
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if not self.shutdown.is_set():
+            log.info("supervisor.signal", signal=signal.Signals(signum).name)
+        self.shutdown.set()
+        self._wake.set()
+
+    def _managed_pids(self) -> set[int]:
+        named = self.named
+        return {named.pid} if named is not None and named.pid else set()
+
+    # -- the guard ------------------------------------------------------------
+
+    def _guard(self) -> None:
+        """Kill named the moment the Lease is not held; no I/O, no API calls here."""
+        term_sent_at: float | None = None
+        while not self.finished.is_set():
+            named = self.named
+            if named is not None and named.running and not self.elector.holds():
+                now = time.monotonic()
+                if term_sent_at is None:
+                    named.signal_now(signal.SIGTERM)
+                    term_sent_at = now
+                    log.warning("fence.guard_kill", pid=named.pid, signal="SIGTERM")
+                elif now - term_sent_at >= self.config.timing.stop_timeout:
+                    named.signal_now(signal.SIGKILL)
+            else:
+                term_sent_at = None
+            time.sleep(0.02)
+
+    # -- the controller -------------------------------------------------------
+
+    def _control(self) -> None:
+        tick = min(0.25, self.config.timing.retry_period / 4)
+        try:
+            while not self.shutdown.is_set():
+                self._wake.wait(tick)
+                self._wake.clear()
+                if self.shutdown.is_set():
+                    break
+                try:
+                    self._step()
+                except (FenceError, OSError, BindToolError, NamedError) as exc:
+                    log.error("controller.error", error=f"{type(exc).__name__}: {exc}"[:300],
+                              state=self.state.value)
+                    if self.state is not State.STANDBY:
+                        self._drop_leadership("error: " + str(exc)[:200], step_down=True)
+                self._write_state()
+            self._stop_gracefully()
+        finally:
+            self.finished.set()
+
+    def _step(self) -> None:
+        holds = self.elector.holds()
+        if self.state in (State.LEADER, State.BLOCKED) and not holds:
+            self._drop_leadership("the Lease is no longer held", step_down=False)
+            return
+        if not holds:
+            return
+        if self.state in (State.STANDBY, State.BLOCKED):
+            self._take_fence()
+        elif self.state is State.LEADER:
+            self._lead()
+
+    def _take_fence(self) -> None:
+        """Lease held: take the lock, bump the epoch, write the owner, start named."""
+        generation = self.volume.read_generation()
+        if self.lock is None or self.lock.generation != generation:
+            self.lock = StorageLock(self.volume.lock_path(generation), generation)
+        if not self.lock.try_acquire():
+            now = time.monotonic()
+            if self.state is not State.BLOCKED:
+                self._blocked_since = now
+                self.state = State.BLOCKED
+                owner = self._owner_text()
+                log.warning("fence.blocked", lock=str(self.lock.path), owner=owner)
+                self.publisher.event("BlockedOnFence", f"holds the Lease but the storage lock "
+                                     f"{self.lock.path.name} is held by {owner}; see "
+                                     "docs/runbooks/stale-lock.md", "Warning")
+            return
+        epoch = self.volume.bump_epoch()
+        self.volume.write_owner(Owner.now(pod=self.config.pod.name or "",
+                                          node=self.config.pod.node or "",
+                                          pod_ip=self.config.pod.ip or "", epoch=epoch,
+                                          generation=generation))
+        self.epoch = epoch
+        self.elector.set_annotation(EPOCH_ANNOTATION, str(epoch))
+        blocked_for = (time.monotonic() - self._blocked_since) if self._blocked_since else 0.0
+        self._blocked_since = None
+        log.info("fence.acquired", epoch=epoch, generation=generation,
+                 blocked_seconds=round(blocked_for, 3))
+        self._bootstrap_zones()
+        self._write_named_conf()
+        self.state = State.LEADER
+        self._start_named()
+        write_role_file(self.config.paths.role_file, "leader")
+        self.publisher.publish_role("leader")
+        self.publisher.event("LeaderAcquired", f"{self.config.pod.name} leads with epoch {epoch}")
+        self._next_epoch_check = time.monotonic() + self.config.timing.retry_period
+
+    def _owner_text(self) -> str:
+        try:
+            owner = self.volume.read_owner()
+        except FenceError as exc:
+            return str(exc)
+        return f"{owner.pod} on {owner.node} (pid {owner.pid}, epoch {owner.epoch})" \
+            if owner else "an unknown process"
+
+    def _start_named(self) -> None:
+        named = NamedProcess(self.config, self.config.paths.named_conf)
+        named.start()
+        self.named = named
+        self._serving_since = None
+        log.info("named.started", pid=named.pid, epoch=self.epoch)
+
+    def _lead(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_epoch_check:
+            self._next_epoch_check = now + self.config.timing.retry_period
+            epoch = self.volume.read_epoch()
+            generation = self.volume.read_generation()
+            if epoch != self.epoch or (self.lock and generation != self.lock.generation):
+                log.error("fence.self_fence", our_epoch=self.epoch, epoch_on_disk=epoch,
+                          generation=generation)
+                self.publisher.event("SelfFenced", f"the epoch on the volume moved from "
+                                     f"{self.epoch} to {epoch}: named stopped", "Warning")
+                self._drop_leadership("the epoch moved", step_down=True)
+                return
+        named = self.named
+        if named is None:
+            if self._restart_at is not None and now >= self._restart_at:
+                self._restart_at = None
+                self._start_named()
+            return
+        ended = named.poll()
+        if ended is None:
+            if self._serving_since is None and named.serving(timeout=0.2):
+                self._serving_since = now
+                log.info("named.serving", pid=named.pid, zones=len(self.config.zones))
+            elif self._serving_since is not None and now - self._serving_since > 60:
+                self.restarts.reset()
+            return
+        self.named = None
+        delay = self.restarts.record_crash()
+        log.error("named.crashed", returncode=ended.returncode, restart_in=delay)
+        self.publisher.event("NamedCrashed", f"named exited with {ended.returncode}", "Warning")
+        if delay is None:
+            self._drop_leadership("named keeps crashing", step_down=True)
+        else:
+            self._restart_at = now + delay
+
+    def _drop_leadership(self, reason: str, step_down: bool) -> None:
+        """Lost the Lease, self-fenced or stepping down: named dies before the lock goes."""
+        named, self.named = self.named, None
+        if named is not None:
+            ended = named.kill(self.config.timing.stop_timeout)
+            log.warning("named.killed", reason=reason, returncode=ended.returncode)
+        if self.lock is not None:
+            self.lock.release()
+        was = self.state
+        self.epoch = None
+        self._restart_at = None
+        self._set_role_standby(publish=True)
+        if was is State.LEADER:
+            self.publisher.event("LeaderLost", reason, "Warning")
+        log.warning("leader.dropped", reason=reason, was=was.value, step_down=step_down)
+        if step_down:
+            self.restarts.reset()
+            self.elector.step_down(cooldown=self.config.timing.lease_duration)
+
+    def _set_role_standby(self, publish: bool) -> threading.Event | None:
+        self.state = State.STANDBY if not self.shutdown.is_set() else State.STOPPING
+        write_role_file(self.config.paths.role_file, "standby")
+        return self.publisher.publish_role("standby") if publish else None
+
+    def _stop_gracefully(self) -> None:
+        """SIGTERM: leave the Service, stop named, unlock, release the Lease."""
+        started = time.monotonic()
+        timing = self.config.timing
+        was_leader = self.state is State.LEADER
+        self.state = State.STOPPING
+        self._write_state()
+        labelled = self._set_role_standby(publish=True)
+        if was_leader and labelled is not None:
+            labelled.wait(timing.retry_period)  # leave the leader-only Service first
+        named, self.named = self.named, None
+        if named is not None:
+            ended = named.stop(timing.stop_timeout)
+            log.info("named.stopped", reason=ended.reason, returncode=ended.returncode)
+        if self.lock is not None:
+            self.lock.release()
+        self.elector.request_release()
+        self.elector.released.wait(2 * timing.retry_period)
+        self.elector.stop()
+        self.watcher.stop()
+        if was_leader:
+            self.publisher.event("LeaderReleased", "graceful handover on termination")
+        self.publisher.stop()
+        log.info("supervisor.stopped", seconds=round(time.monotonic() - started, 3),
+                 was_leader=was_leader)
+
+    # -- files ----------------------------------------------------------------
+
+    def _bootstrap_zones(self) -> None:
+        """A zone with no file on the volume gets a minimal one; nothing is ever rewritten."""
+        for zone in self.config.zones:
+            path = self.config.paths.dyn_dir / zone.file_name
+            journal = Path(f"{path}.jnl")
+            if path.exists():
+                continue
+            if journal.exists():
+                log.error("zone.journal_without_file", zone=zone.name, journal=str(journal),
+                          fix="docs/runbooks/journal-out-of-sync.md")
+                continue
+            atomic_write(path, render_bootstrap_zone(zone))
+            log.info("zone.bootstrapped", zone=zone.name, file=str(path))
+
+    def _write_named_conf(self) -> None:
+        text = render_primary(self.config, also_notify=())
+        check_conf(text)
+        path = self.config.paths.named_conf
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, text)
+
+    def _write_state(self) -> None:
+        now = time.monotonic()
+        self.runtime.write_state(RunState(
+            role="leader" if self.state is State.LEADER else "standby",
+            state=self.state.value, pid=os.getpid(),
+            watch_connected=self.elector.watch_connected, epoch=self.epoch, updated=now))
+
+
+def budget_seconds(config: Config) -> float:
+    """Worst-case graceful shutdown: label, stop named, release; see docs/supervisor.md."""
+    timing = config.timing
+    return timing.retry_period + timing.stop_timeout + 2 * timing.retry_period

@@ -1,0 +1,278 @@
+"""Master "pods" as real processes: `bindha-rwx run` with its own env, loopback IP,
+work directory, rndc port and API proxy, all sharing one dyn directory.
+
+The Pod objects exist in the API (created here, Pending forever, as without a kubelet)
+so that the supervisor can label them and attach Events to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+from kubernetes import client
+
+from bindha_rwx.config import Config, load_config
+from bindha_rwx.fencing import SharedVolume
+from harness.apiproxy import ApiProxy
+from harness.bindlab import pod_env, write_pod_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Short timings from the product's own config (DESIGN: tests run with e.g. a 2-3 s Lease).
+TEST_TIMING = {"leaseDuration": 3, "renewDeadline": 1.6, "retryPeriod": 0.4,
+               "stopTimeout": 0.8}
+
+
+def default_zones() -> list[dict[str, Any]]:
+    return [{"name": "ha.example",
+             "nameservers": [{"name": "ns1.ha.example", "addresses": ["192.0.2.53"]}],
+             "updatePolicy": [{"key": "update-key", "rule": "zonesub"}]}]
+
+
+@dataclass
+class MasterPod:
+    """One `bindha-rwx run` process playing a master pod."""
+
+    name: str
+    ip: str
+    namespace: str
+    config_path: Path
+    kubeconfig: Path
+    proxy: ApiProxy
+    work_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.work_dir / "supervisor.log"
+
+    @property
+    def named_log_path(self) -> Path:
+        return self.work_dir / "named.stderr"
+
+    @property
+    def config(self) -> Config:
+        return load_config(self.config_path, env=pod_env(self.name, self.ip, self.namespace))
+
+    def start(self) -> None:
+        env = {**os.environ, **pod_env(self.name, self.ip, self.namespace),
+               "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        with self.log_path.open("ab") as out, self.named_log_path.open("ab") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bindha_rwx", "run", "--config", str(self.config_path)],
+                env=env, stdout=out, stderr=err, cwd=ROOT, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal(self, sig: int) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, sig)
+
+    def named_processes(self) -> list[psutil.Process]:
+        """Running (not zombie) named children of this supervisor."""
+        if self.process is None:
+            return []
+        try:
+            children = psutil.Process(self.process.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+        return [c for c in children if _is_running_named(c)]
+
+    def events(self) -> list[dict[str, Any]]:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def has_event(self, name: str) -> bool:
+        return any(e.get("event") == name for e in self.events())
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        """Test clean-up: continue if frozen, SIGTERM, then SIGKILL."""
+        if self.process is None:
+            return
+        for proc in [*self.named_processes(), self._psutil()]:
+            if proc is not None:
+                with contextlib.suppress(psutil.Error):
+                    proc.resume()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+    def _psutil(self) -> psutil.Process | None:
+        try:
+            return psutil.Process(self.pid)
+        except psutil.Error:
+            return None
+
+
+def _is_running_named(proc: psutil.Process) -> bool:
+    try:
+        return proc.name() == "named" and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def all_named(under: Path) -> list[psutil.Process]:
+    """Every running named whose config lies under ``under`` (orphans included)."""
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if proc.info["name"] == "named" and proc.status() != psutil.STATUS_ZOMBIE and \
+                    any(str(under) in arg for arg in proc.info["cmdline"] or []):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+@dataclass
+class MasterLab:
+    """N master pods over one shared directory, against the real test apiserver."""
+
+    root: Path
+    api: client.ApiClient
+    kubeconfig: Path
+    namespace: str
+    address_pool: Any
+    key_files: dict[str, Path]
+    timing: dict[str, float] = field(default_factory=lambda: dict(TEST_TIMING))
+    zones: list[dict[str, Any]] = field(default_factory=default_zones)
+    pods: list[MasterPod] = field(default_factory=list)
+    lease_name: str = "bind-master-leader"
+
+    def __post_init__(self) -> None:
+        self.shared = self.root / "shared-dyn"
+        self.shared.mkdir(parents=True, exist_ok=True)
+        self.volume = SharedVolume(self.shared)
+        self.core = client.CoreV1Api(self.api)
+        self.coordination = client.CoordinationV1Api(self.api)
+        self._api_port = int(yaml.safe_load(self.kubeconfig.read_text())["clusters"][0]
+                             ["cluster"]["server"].rsplit(":", 1)[1])
+
+    def add_pod(self, name: str | None = None) -> MasterPod:
+        index = len(self.pods)
+        name = name or f"bind-master-{index}"
+        ip = self.address_pool.take()
+        work = self.root / name
+        path = write_pod_config(
+            work, pod_ip=ip, dyn_dir=self.shared, key_files=self.key_files, zones=self.zones,
+            rndc_port=9600 + int(ip.rsplit(".", 1)[1]),
+            extra={"namespace": self.namespace, "cluster": "lab", "timing": self.timing,
+                   "lease": {"name": self.lease_name}})
+        proxy = ApiProxy(self._api_port)
+        kubeconfig = work / "kubeconfig"
+        data = yaml.safe_load(self.kubeconfig.read_text())
+        data["clusters"][0]["cluster"]["server"] = proxy.url
+        kubeconfig.write_text(yaml.safe_dump(data))
+        self.core.create_namespaced_pod(self.namespace, client.V1Pod(
+            metadata=client.V1ObjectMeta(name=name, labels={
+                "bindha.io/cluster": "lab", "bindha.io/component": "master"}),
+            spec=client.V1PodSpec(containers=[client.V1Container(name="bind",
+                                                                  image="bindha-rwx")])))
+        pod = MasterPod(name=name, ip=ip, namespace=self.namespace, config_path=path,
+                        kubeconfig=kubeconfig, proxy=proxy, work_dir=work)
+        self.pods.append(pod)
+        return pod
+
+    def start(self, count: int) -> list[MasterPod]:
+        new = [self.add_pod() for _ in range(count)]
+        for pod in new:
+            pod.start()
+        return new
+
+    def stop(self) -> None:
+        for pod in self.pods:
+            pod.stop()
+            pod.proxy.close()
+        for proc in all_named(self.root):
+            proc.kill()
+
+    # -- observations --------------------------------------------------------
+
+    def lease(self) -> client.V1Lease | None:
+        try:
+            return self.coordination.read_namespaced_lease(self.lease_name, self.namespace,
+                                                           _request_timeout=5)
+        except client.exceptions.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def holder(self) -> str | None:
+        lease = self.lease()
+        return lease.spec.holder_identity if lease else None
+
+    def pod(self, name: str) -> MasterPod:
+        return next(p for p in self.pods if p.name == name)
+
+    def writers(self) -> list[tuple[MasterPod, psutil.Process]]:
+        return [(pod, proc) for pod in self.pods for proc in pod.named_processes()]
+
+    def leader(self, timeout: float = 20.0) -> MasterPod:
+        """The pod whose named serves every zone, once there is exactly one."""
+        def one() -> MasterPod | None:
+            writers = self.writers()
+            if len(writers) != 1:
+                return None
+            pod = writers[0][0]
+            return pod if pod.has_event("named.serving") and self.holder() == pod.name else None
+        return wait_until(one, timeout, "one leader serving")
+
+    def role_labels(self) -> dict[str, str | None]:
+        pods = self.core.list_namespaced_pod(self.namespace, _request_timeout=5).items
+        return {p.metadata.name: (p.metadata.labels or {}).get("role") for p in pods}
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str,
+               interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {timeout:g}s: {what}")
+        time.sleep(interval)
+
+
+def samples(duration: float, interval: float) -> Iterator[float]:
+    """Yield elapsed seconds every ``interval`` for ``duration`` seconds."""
+    start = time.monotonic()
+    while (elapsed := time.monotonic() - start) < duration:
+        yield elapsed
+        time.sleep(interval)
