@@ -250,6 +250,9 @@ class Elector:
                 log.warning("lease.lost", holder=record.holder if record else None,
                             reason="the Lease has another holder, or was deleted")
         if changed:
+            if (old.holder if old else None) != (record.holder if record else None):
+                log.info("lease.holder_seen", holder=record.holder if record else None,
+                         previous=old.holder if old else None)
             self.wake()
             self.on_change()
 
@@ -294,6 +297,13 @@ class Elector:
     def _wait_next(self, started: float) -> None:
         """Sleep until the next turn, waking at once on a watch event or a request."""
         next_turn = started + self.timing.retry_period
+        with self._lock:
+            record, observed_at = self._observed, self._observed_at
+            following = self._role is Role.FOLLOWER
+        if following and record is not None and record.holder:
+            # Wake just after the holder's Lease would expire, not up to a retryPeriod
+            # later: crash takeover then costs leaseDuration, not leaseDuration + retry.
+            next_turn = min(next_turn, observed_at + record.lease_duration + 0.01)
         slice_ = self.timing.renew_deadline / 3
         while not self._stop.is_set():
             left = next_turn - self.clock()

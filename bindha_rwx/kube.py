@@ -8,11 +8,13 @@ write after a read timeout could outlive the deadline it was meant to meet).
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -38,7 +40,9 @@ def api_client() -> client.ApiClient:
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
             config.load_incluster_config(client_configuration=configuration)
         else:
-            config.load_kube_config(client_configuration=configuration)
+            # Read KUBECONFIG now: the client's default was fixed when it was imported.
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None,
+                                    client_configuration=configuration)
     except (config.ConfigException, OSError, TypeError) as exc:
         raise KubeConfigError(f"no Kubernetes credentials: {exc}. In a pod, mount the "
                               "ServiceAccount token; elsewhere set KUBECONFIG") from None
@@ -63,11 +67,54 @@ class _EventRequest:
     type: str
 
 
+class CoreCalls:
+    """The three core/v1 calls the supervisor makes, sent through the ApiClient.
+
+    Not ``client.CoreV1Api``: importing that generated module costs about 20 MiB of
+    resident memory (its code and docstrings), a third of the supervisor's budget,
+    for three plain REST calls. Auth, TLS and timeouts are the ApiClient's own.
+    """
+
+    def __init__(self, api: client.ApiClient, timeout: float) -> None:
+        self.api = api
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, path_params: dict[str, str],
+                query: list[tuple[str, str]] | None = None, body: Any = None,
+                content_type: str = "application/json") -> Any:
+        serialized = self.api.param_serialize(
+            method=method, resource_path=path, path_params=path_params,
+            query_params=query or [], body=body, auth_settings=["BearerToken"],
+            header_params={"Content-Type": content_type, "Accept": "application/json"})
+        method_, url, headers, payload, post = serialized
+        response = self.api.call_api(method_, url, header_params=headers, body=payload,
+                                     post_params=post, _request_timeout=self.timeout)
+        response.read()
+        if not 200 <= response.status < 300:
+            raise ApiException(status=response.status, reason=response.reason)
+        return json.loads(response.data or b"null")
+
+    def list_pods(self, namespace: str, selector: str) -> list[str]:
+        answer = self.request("GET", "/api/v1/namespaces/{namespace}/pods",
+                              {"namespace": namespace}, query=[("labelSelector", selector)])
+        return [item["metadata"]["name"] for item in answer.get("items", [])]
+
+    def patch_pod_labels(self, namespace: str, name: str, labels: dict[str, str]) -> None:
+        self.request("PATCH", "/api/v1/namespaces/{namespace}/pods/{name}",
+                     {"namespace": namespace, "name": name},
+                     body={"metadata": {"labels": labels}},
+                     content_type="application/merge-patch+json")
+
+    def create_event(self, namespace: str, event: dict[str, Any]) -> None:
+        self.request("POST", "/api/v1/namespaces/{namespace}/events",
+                     {"namespace": namespace}, body=event)
+
+
 class Publisher:
     """Pod role labels and Events, written by one background thread."""
 
     def __init__(self, api: client.ApiClient, cfg: Config, timeout: float) -> None:
-        self.core = client.CoreV1Api(api)
+        self.core = CoreCalls(api, timeout)
         self.cfg = cfg
         self.timeout = timeout
         self._queue: queue.Queue[_RoleRequest | _EventRequest | None] = queue.Queue()
@@ -116,14 +163,11 @@ class Publisher:
         value = self.cfg.role_label.leader if role == "leader" else self.cfg.role_label.standby
         if role == "leader":
             # A new leader relabels any other master still marked leader (a crashed one).
-            stale = self.core.list_namespaced_pod(
-                namespace, label_selector=f"{master_selector(self.cfg)},{key}={value}",
-                _request_timeout=self.timeout)
-            for other in stale.items:
-                if other.metadata.name != pod:
-                    self._patch(other.metadata.name, self.cfg.role_label.standby)
-                    log.info("role.relabelled", pod=other.metadata.name,
-                             role=self.cfg.role_label.standby)
+            stale = self.core.list_pods(namespace, f"{master_selector(self.cfg)},{key}={value}")
+            for other in stale:
+                if other != pod:
+                    self._patch(other, self.cfg.role_label.standby)
+                    log.info("role.relabelled", pod=other, role=self.cfg.role_label.standby)
         self._patch(pod, value)
         self.role_published = role
         log.info("role.labelled", pod=pod, label=f"{key}={value}")
@@ -131,25 +175,25 @@ class Publisher:
     def _patch(self, pod: str, value: str) -> None:
         labels = {self.cfg.role_label.key: value, CLUSTER_LABEL: self.cfg.cluster,
                   COMPONENT_LABEL: "master"}
-        self.core.patch_namespaced_pod(pod, self.cfg.namespace, {"metadata": {"labels": labels}},
-                                       _request_timeout=self.timeout)
+        assert self.cfg.namespace
+        self.core.patch_pod_labels(self.cfg.namespace, pod, labels)
 
     def _emit(self, item: _EventRequest) -> None:
         pod = self.cfg.pod.name
         namespace = self.cfg.namespace
         if not pod or not namespace:
             return
-        now = datetime.now(UTC)
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{pod}.", namespace=namespace),
-            involved_object=client.V1ObjectReference(kind="Pod", name=pod, namespace=namespace,
-                                                     api_version="v1"),
-            reason=item.reason, message=item.message, type=item.type,
-            source=client.V1EventSource(component=COMPONENT, host=self.cfg.pod.node),
-            first_timestamp=now, last_timestamp=now, count=1,
-            reporting_component=COMPONENT, reporting_instance=pod)
-        self.core.create_namespaced_event(namespace, event, _request_timeout=self.timeout)
-
+        now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        self.core.create_event(namespace, {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{pod}.", "namespace": namespace},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": pod,
+                               "namespace": namespace},
+            "reason": item.reason, "message": item.message, "type": item.type,
+            "source": {"component": COMPONENT, "host": self.cfg.pod.node},
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "reportingComponent": COMPONENT, "reportingInstance": pod,
+        })
 
 def _short(exc: Exception) -> str:
     if isinstance(exc, ApiException):

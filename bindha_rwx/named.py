@@ -13,10 +13,12 @@ named exited is never signalled.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -58,8 +60,9 @@ class ExitInfo:
     """How a named run ended.
 
     ``reason`` is "stopped" (we asked it to end gracefully), "killed" (we fenced it) or
-    "crashed" (it ended on its own). ``returncode`` follows Popen: negative for a signal,
-    None when the process never ran or could not be reaped.
+    "crashed" (it ended on its own). ``returncode`` follows Popen: negative for a signal;
+    None when named never ran, or when it survived SIGKILL (stuck in the kernel, as on a
+    hung network volume): then it may still write, and poll() tells when it is gone.
     """
 
     returncode: int | None
@@ -76,8 +79,8 @@ def _tool(configured: Path, name: str) -> str:
 
 
 class Rndc:
-    """rndc against this pod's named: -k paths.rndc_key -s config.local_address -p ports.rndc,
-    every call with a timeout."""
+    """rndc against this pod's named: -k paths.rndc_key -b/-s config.local_address
+    -p ports.rndc, every call with a timeout."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -89,6 +92,10 @@ class Rndc:
     def run(self, *args: str, timeout: float = 5.0) -> str:
         """rndc's stdout; NamedError with rndc's words on failure, timeout or no binary."""
         what = "rndc " + " ".join(args)
+        if args[:1] == ("sync",) and "-clean" in args:
+            raise NamedError(f"{what} is refused: it unlinks the journal before the zone dump "
+                             "is in place, so a crash then loses updates; use `rndc stop` or "
+                             "plain `rndc sync`")
         local = self.config.local_address
         # -b: named's controls allow only local_address, so rndc must speak from it too
         # (with a pod's own loopback address, the kernel would pick 127.0.0.1).
@@ -140,6 +147,12 @@ class NamedProcess:
         ``user``: run named as this user (see _command for why not ``named -u``)."""
         self.config = config
         self.conf_path = Path(conf_path)
+        if log_stream is not None:
+            try:
+                log_stream.fileno()
+            except (AttributeError, OSError, ValueError):
+                raise TypeError("log_stream must be an open file with a descriptor: named "
+                                "writes to it directly") from None
         self.log_stream = log_stream
         self.user = user
         self.rndc = Rndc(config)
@@ -176,7 +189,27 @@ class NamedProcess:
             command += ["--reuid", str(uid), "--regid", str(gid), "--init-groups",
                         "--inh-caps", "+net_bind_service", "--ambient-caps", "+net_bind_service"]
         named = _tool(self.config.paths.named, "named")
-        return [*command, "--pdeathsig", "KILL", "--", named, "-f", "-c", str(self.conf_path)]
+        return [*command, "--pdeathsig", "KILL", "--", named, "-f", *self._early_log(),
+                "-c", str(self.conf_path)]
+
+    def _early_log(self) -> list[str]:
+        """``-L /dev/stderr`` when named's stderr takes it, so config errors are seen.
+
+        Until named has read its logging block it logs to syslog, which a pod does not
+        have: a config error would end named with no word. -L sends those lines to a
+        file; /dev/stderr works for a pipe (a pod's stderr), a terminal or a file opened
+        for appending. Not for a socket (seen here: named hangs at shutdown) nor a file
+        without O_APPEND (the two descriptions overwrite each other's lines).
+        """
+        try:
+            fd = self.log_stream.fileno() if self.log_stream is not None else 2
+            mode = os.fstat(fd).st_mode
+            appending = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)
+        except OSError:
+            return []
+        if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or (stat.S_ISREG(mode) and appending):
+            return ["-L", "/dev/stderr"]
+        return []
 
     def start(self) -> None:
         """Start named; NamedError if it is already running or cannot be run.
@@ -261,7 +294,7 @@ class NamedProcess:
             try:
                 answer = dns.query.udp(query, where, port=self.config.ports.dns, timeout=timeout)
             except dns.exception.Timeout:
-                return f"zone {zone}: no answer from {where} within {timeout:g}s"
+                return f"zone {zone}: no answer from {where} within {timeout:.2g}s"
             except OSError as exc:
                 return f"zone {zone}: no answer from {where}: {exc.strerror or exc}"
             except dns.exception.DNSException as exc:
@@ -276,14 +309,15 @@ class NamedProcess:
     def wait_serving(self, deadline_s: float) -> bool:
         """Poll serving() until it is true or ``deadline_s`` seconds have passed.
 
-        Returns False at once if named exits meanwhile; ``last_problem`` says why.
+        Returns False at once if named exits meanwhile (or was never started);
+        ``last_problem`` says why.
         """
         end = time.monotonic() + deadline_s
         while True:
             remaining = end - time.monotonic()
             if self.serving(timeout=max(0.05, min(0.25, remaining))):
                 return True
-            if self.poll() is not None or time.monotonic() >= end:
+            if not self.running or time.monotonic() >= end:
                 return False
             time.sleep(_POLL_INTERVAL)
 

@@ -66,7 +66,7 @@ class UpdateWriter:
                 sent = time.monotonic()
                 try:
                     answer = dns.query.tcp(update, server, port=self.port, timeout=self.timeout)
-                except (dns.exception.DNSException, OSError):
+                except (dns.exception.DNSException, OSError, EOFError):
                     continue
                 if answer.rcode() == dns.rcode.NOERROR:
                     self.acks.append(Ack(name, server, sent, time.monotonic()))

@@ -10,7 +10,8 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 
 need_apt=()
 for tool in named:bind9 named-checkconf:bind9-utils rndc:bind9-utils tsig-keygen:bind9 \
-            dig:bind9-dnsutils nsupdate:bind9-dnsutils ip:iproute2 openssl:openssl; do
+            dig:bind9-dnsutils nsupdate:bind9-dnsutils ip:iproute2 openssl:openssl \
+            setpriv:util-linux; do
   cmd=${tool%%:*} pkg=${tool#*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
     need_apt+=("$pkg")

@@ -56,6 +56,9 @@ def test_five_candidates_exactly_one_writer(lab: MasterLab):
     assert (leader.work_dir / "role").read_text() == "leader\n"
     assert all((p.work_dir / "role").read_text() == "standby\n" for p in lab.pods
                if p is not leader)
+    events = lab.core.list_namespaced_event(lab.namespace).items
+    acquired = [e for e in events if e.reason == "LeaderAcquired"]
+    assert [e.involved_object.name for e in acquired] == [leader.name]
     # The zone was bootstrapped on the volume by the leader, once.
     assert (lab.shared / "ha.example.zone").exists()
     assert sum(p.has_event("zone.bootstrapped") for p in lab.pods) == 1
@@ -173,3 +176,24 @@ def probe(pod, kind: str) -> subprocess.CompletedProcess[str]:
                            str(pod.config_path)], capture_output=True, text=True, timeout=10,
                           env={"POD_NAME": pod.name, "POD_IP": pod.ip,
                                "PATH": "/usr/bin:/bin:/usr/sbin"})
+
+
+def test_named_crash_is_restarted_then_a_crash_loop_steps_down(lab: MasterLab):
+    lab.start(2)
+    leader = lab.leader()
+    standby = next(p for p in lab.pods if p is not leader)
+    first = leader.named_processes()[0]
+    first.kill()
+    restarted = wait_until(lambda: [p for p in leader.named_processes() if p.pid != first.pid],
+                           10, "named restarted by the same leader")
+    assert lab.holder() == leader.name
+    assert leader.has_event("named.crashed")
+    # Two more crashes inside the window: the leader steps down, the standby takes over.
+    restarted[0].kill()
+    third = wait_until(lambda: [p for p in leader.named_processes()
+                                if p.pid not in (first.pid, restarted[0].pid)], 10,
+                       "named restarted again")
+    third[0].kill()
+    assert lab.leader(timeout=15) is standby
+    assert leader.has_event("leader.dropped")
+    assert leader.named_processes() == []
