@@ -10,6 +10,7 @@ import argparse
 import ipaddress
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from bindha_rwx import __version__
 from bindha_rwx.bindtools import BindToolError, check_conf
@@ -76,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"config file (default {DEFAULT_CONFIG_PATH})")
     run.set_defaults(handler=_run)
 
+    secondary = commands.add_parser(
+        "secondary", help="the secondary pod's supervisor: follow whichever master leads",
+        description="Run named with every zone as a secondary of the current leader (from "
+                    "the Lease), re-pointed within one watch event when the leader changes. "
+                    "Needs POD_IP and POD_NAMESPACE (or namespace in the config).")
+    secondary.add_argument("--config", default=str(DEFAULT_CONFIG_PATH),
+                           help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    secondary.set_defaults(handler=_secondary)
+
     probe = commands.add_parser(
         "probe", help="exec probes: live (the watchdog) and ready",
         description="Exit 0 when healthy, 1 when not, with one line saying why. Answers in "
@@ -107,24 +117,43 @@ def _render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    missing = [name for name, value in (("POD_NAME", config.pod.name),
-                                        ("POD_IP", config.pod.ip),
-                                        ("POD_NAMESPACE", config.namespace)) if not value]
+def _pod_config(path: str, need: tuple[str, ...]) -> Config:
+    config = load_config(path)
+    values = {"POD_NAME": config.pod.name, "POD_IP": config.pod.ip,
+              "POD_NAMESPACE": config.namespace}
+    missing = [name for name in need if not values[name]]
     if missing:
         raise UsageError(f"{', '.join(missing)} not set: give the pod these env variables "
                          "from the downward API (see manifests/), or namespace in the config")
-    # Imported here: the supervisor pulls in the Kubernetes client, which `render` and
+    return config
+
+
+def _api() -> object:
+    # Imported here: the supervisors pull in the Kubernetes client, which `render` and
     # the probes do not need (they must answer fast).
     from bindha_rwx.kube import KubeConfigError, api_client
-    from bindha_rwx.master import Master
 
     try:
-        api = api_client()
+        return api_client()
     except KubeConfigError as exc:
         raise UsageError(str(exc)) from None
-    return Master(config, api).run()
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _pod_config(args.config, ("POD_NAME", "POD_IP", "POD_NAMESPACE"))
+    from bindha_rwx.master import Master
+
+    return Master(config, _api(), Path(args.config)).run()  # type: ignore[arg-type]
+
+
+def _secondary(args: argparse.Namespace) -> int:
+    config = _pod_config(args.config, ("POD_IP", "POD_NAMESPACE"))
+    if not config.secondaries.transfer_key:
+        raise UsageError("secondaries.transferKey is not set: a secondary transfers zones "
+                         "with TSIG only; name a key from keys")
+    from bindha_rwx.secondary import Secondary
+
+    return Secondary(config, _api(), Path(args.config)).run()  # type: ignore[arg-type]
 
 
 def _probe(args: argparse.Namespace) -> int:

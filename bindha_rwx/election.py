@@ -43,6 +43,9 @@ from bindha_rwx.config import Timing
 from bindha_rwx.log import get_logger
 
 EPOCH_ANNOTATION = "bindha.io/epoch"
+# The leader's pod IP, written with the acquiring write itself, so that secondaries
+# learn their new primary from the same watch event that tells them who leads.
+LEADER_IP_ANNOTATION = "bindha.io/leader-ip"
 log = get_logger("election")
 Clock = Callable[[], float]
 
@@ -158,7 +161,8 @@ class Elector:
     def __init__(self, lease: LeaseClient, identity: str, timing: Timing,
                  clock: Clock = time.monotonic,
                  on_change: Callable[[], None] | None = None,
-                 heartbeat: Callable[[float], None] | None = None) -> None:
+                 heartbeat: Callable[[float], None] | None = None,
+                 annotations: dict[str, str] | None = None) -> None:
         self.lease = lease
         self.identity = identity
         self.timing = timing
@@ -176,9 +180,8 @@ class Elector:
         self._observed: LeaseRecord | None = None
         self._observed_at = 0.0
         self._renewed_at = -math.inf
-        self._annotations: dict[str, str] = {}
+        self._annotations: dict[str, str] = dict(annotations or {})
         self._cooldown_until = -math.inf
-        self.watch_connected = False
         self.last_api_ok = -math.inf
         self.writes = 0
 
@@ -432,13 +435,19 @@ class Elector:
 
 
 class LeaseWatcher:
-    """Feeds every change of the Lease to the elector as it happens."""
+    """Feeds every change of the Lease to ``observe`` as it happens.
 
-    def __init__(self, lease: LeaseClient, elector: Elector, timing: Timing) -> None:
+    The masters pass their elector's observe(); secondaries, which only follow the
+    leader, pass their own. ``connected`` says whether a watch stream is open now.
+    """
+
+    def __init__(self, lease: LeaseClient, observe: Callable[[LeaseRecord | None], None],
+                 timing: Timing) -> None:
         self.lease = lease
-        self.elector = elector
+        self.observe = observe
         self.timing = timing
         self._stop = threading.Event()
+        self.connected = False
         self.connected_at = -math.inf
 
     def stop(self) -> None:
@@ -449,20 +458,20 @@ class LeaseWatcher:
         while not self._stop.is_set():
             try:
                 version, record = self.lease.list_version(self.timing.retry_period)
-                self.elector.observe(record)
-                self.elector.watch_connected = True
+                self.observe(record)
+                self.connected = True
                 self.connected_at = time.monotonic()
                 for kind, obj in self.lease.watch(version, stream_timeout):
                     if self._stop.is_set():
                         return
                     if kind in ("ADDED", "MODIFIED"):
-                        self.elector.observe(LeaseRecord.from_api(obj))
+                        self.observe(LeaseRecord.from_api(obj))
                     elif kind == "DELETED":
-                        self.elector.observe(None)
+                        self.observe(None)
                     self.connected_at = time.monotonic()
             except (ApiUnavailable, Conflict, ApiException, Urllib3Error, OSError,
                     ValueError) as exc:
-                self.elector.watch_connected = False
+                self.connected = False
                 log.warning("lease.watch_error", error=f"{type(exc).__name__}: {exc}"[:200])
                 self._stop.wait(self.timing.retry_period)
 

@@ -36,20 +36,30 @@ from pathlib import Path
 from kubernetes import client
 
 from bindha_rwx.bindtools import BindToolError, check_conf, ensure_key_file
-from bindha_rwx.config import Config
-from bindha_rwx.election import EPOCH_ANNOTATION, Elector, LeaseClient, LeaseWatcher
+from bindha_rwx.config import Config, ConfigError
+from bindha_rwx.discovery import EndpointsWatcher
+from bindha_rwx.election import (
+    EPOCH_ANNOTATION,
+    LEADER_IP_ANNOTATION,
+    Elector,
+    LeaseClient,
+    LeaseWatcher,
+)
 from bindha_rwx.fencing import FenceError, Owner, SharedVolume, StorageLock, atomic_write
 from bindha_rwx.kube import Publisher
 from bindha_rwx.log import get_logger
-from bindha_rwx.named import NamedError, NamedProcess, RestartPolicy
+from bindha_rwx.named import NamedError, NamedProcess, RestartPolicy, Rndc
 from bindha_rwx.probes import RunState, RuntimeFiles, write_role_file
 from bindha_rwx.reaper import reap_orphans
+from bindha_rwx.reload import ConfigSource, merge, zone_changes
 from bindha_rwx.render import RNDC_KEY_NAME, render_bootstrap_zone, render_primary
 
 log = get_logger("master")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+# Coalesce a burst of EndpointSlice changes (a rolling restart) into one reconfig.
+NOTIFY_DEBOUNCE = 0.2
 
 
 class State(Enum):
@@ -62,18 +72,27 @@ class State(Enum):
 class Master:
     """One master pod's supervisor."""
 
-    def __init__(self, config: Config, api: client.ApiClient) -> None:
+    def __init__(self, config: Config, api: client.ApiClient,
+                 config_path: Path | None = None) -> None:
         assert config.pod.name and config.namespace
         self.config = config
+        self.source = ConfigSource(config_path) if config_path else None
         timing = config.timing
         self.volume = SharedVolume(config.paths.dyn_dir)
         self.runtime = RuntimeFiles(config.paths.work_dir)
         self.lease = LeaseClient(api, config.namespace, config.lease_name)
         self._wake = threading.Event()
         self.elector = Elector(self.lease, config.pod.name, timing,
-                               on_change=self._wake.set, heartbeat=self.runtime.beat)
-        self.watcher = LeaseWatcher(self.lease, self.elector, timing)
+                               on_change=self._wake.set, heartbeat=self.runtime.beat,
+                               annotations={LEADER_IP_ANNOTATION: config.pod.ip or ""})
+        self.watcher = LeaseWatcher(self.lease, self.elector.observe, timing)
         self.publisher = Publisher(api, config, timeout=timing.retry_period)
+        self.endpoints = EndpointsWatcher(api, config.namespace, config.secondaries.service,
+                                          timing, self._on_secondaries)
+        self.targets: tuple[str, ...] = ()
+        self._targets_changed_at = 0.0
+        self._rendered_targets: tuple[str, ...] | None = None
+        self._next_reload_check = 0.0
         self.restarts = RestartPolicy()
         self.shutdown = threading.Event()
         self.finished = threading.Event()
@@ -103,6 +122,7 @@ class Master:
             threading.Thread(target=self.watcher.run, name="watcher", daemon=True),
             threading.Thread(target=self._guard, name="guard", daemon=True),
             threading.Thread(target=self._control, name="controller", daemon=True),
+            threading.Thread(target=self.endpoints.run, name="endpoints", daemon=True),
         ]
         self.publisher.start()
         for thread in threads:
@@ -120,6 +140,12 @@ class Master:
         if not self.shutdown.is_set():
             log.info("supervisor.signal", signal=signal.Signals(signum).name)
         self.shutdown.set()
+        self._wake.set()
+
+    def _on_secondaries(self, addresses: tuple[str, ...]) -> None:
+        """EndpointsWatcher thread: note the new set; the controller applies it."""
+        self.targets = addresses
+        self._targets_changed_at = time.monotonic()
         self._wake.set()
 
     def _managed_pids(self) -> set[int]:
@@ -168,6 +194,7 @@ class Master:
             self.finished.set()
 
     def _step(self) -> None:
+        self._check_reload()
         holds = self.elector.holds()
         if self.state in (State.LEADER, State.BLOCKED) and not holds:
             self._drop_leadership("the Lease is no longer held", step_down=False)
@@ -243,6 +270,12 @@ class Master:
                                      f"{self.epoch} to {epoch}: named stopped", "Warning")
                 self._drop_leadership("the epoch moved", step_down=True)
                 return
+        if (self.targets != self._rendered_targets and self.named is not None
+                and now - self._targets_changed_at >= NOTIFY_DEBOUNCE):
+            before = self._rendered_targets
+            self._write_named_conf()
+            self._reconfig()
+            log.info("also_notify.changed", before=before, after=self.targets)
         named = self.named
         if named is None:
             if self._restart_at is not None and now >= self._restart_at:
@@ -310,6 +343,7 @@ class Master:
         self.elector.released.wait(2 * timing.retry_period)
         self.elector.stop()
         self.watcher.stop()
+        self.endpoints.stop()
         if was_leader:
             self.publisher.event("LeaderReleased", "graceful handover on termination")
         self.publisher.stop()
@@ -332,19 +366,69 @@ class Master:
             atomic_write(path, render_bootstrap_zone(zone))
             log.info("zone.bootstrapped", zone=zone.name, file=str(path))
 
-    def _write_named_conf(self) -> None:
-        text = render_primary(self.config, also_notify=())
+    def _write_named_conf(self, config: Config | None = None) -> None:
+        """Render, let named-checkconf judge, then replace named.conf atomically."""
+        config = config or self.config
+        targets = self.targets
+        text = render_primary(config, also_notify=targets)
         check_conf(text)
-        path = self.config.paths.named_conf
+        path = config.paths.named_conf
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, text)
+        self._rendered_targets = targets
+
+    def _reconfig(self) -> None:
+        if self.named is not None and self.named.running:
+            Rndc(self.config).reconfig(timeout=self.config.timing.retry_period)
+
+    def _check_reload(self) -> None:
+        """Every retryPeriod: apply a changed config file, or refuse it and say why."""
+        now = time.monotonic()
+        if self.source is None or now < self._next_reload_check:
+            return
+        self._next_reload_check = now + self.config.timing.retry_period
+        try:
+            new = self.source.poll()
+            if new is None:
+                return
+            merged, needs_restart = merge(self.config, new)
+            if needs_restart:
+                log.warning("config.restart_needed", fields=needs_restart,
+                            note="these apply at the next start; the rest applies now")
+            check_conf(render_primary(merged, also_notify=self.targets))
+        except (ConfigError, BindToolError) as exc:
+            log.error("config.refused", error=str(exc)[:1000], kept="the running config")
+            self.publisher.event("ConfigRefused", f"new config refused, the running one is "
+                                 f"kept: {str(exc)[:600]}", "Warning")
+            return
+        added, removed = zone_changes(self.config, merged)
+        if self.state is State.LEADER:
+            previous = self.config
+            self.config = merged
+            try:
+                self._bootstrap_zones()
+                self._write_named_conf()
+                self._reconfig()
+            except (BindToolError, NamedError, OSError) as exc:
+                self.config = previous
+                log.error("config.apply_failed", error=str(exc)[:500])
+                self.publisher.event("ConfigRefused", f"applying the new config failed, "
+                                     f"the running one is kept: {str(exc)[:600]}", "Warning")
+                self._write_named_conf()
+                return
+        else:
+            self.config = merged
+        log.info("config.applied", zones_added=added, zones_removed=removed,
+                 role=self.state.value)
+        self.publisher.event("ConfigApplied", f"zones added {added or 'none'}, removed "
+                             f"{removed or 'none'}")
 
     def _write_state(self) -> None:
         now = time.monotonic()
         self.runtime.write_state(RunState(
             role="leader" if self.state is State.LEADER else "standby",
             state=self.state.value, pid=os.getpid(),
-            watch_connected=self.elector.watch_connected, epoch=self.epoch, updated=now))
+            watch_connected=self.watcher.connected, epoch=self.epoch, updated=now))
 
 
 def budget_seconds(config: Config) -> float:

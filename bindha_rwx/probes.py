@@ -32,7 +32,7 @@ PROBE_BUDGET = 0.8  # seconds: exec probes must answer well inside the kubelet's
 class RunState:
     """What the supervisor tells its probes and `status` (written atomically)."""
 
-    role: str  # leader | standby
+    role: str  # leader | standby | secondary
     state: str  # standby | blocked-on-fence | leader | stopping
     pid: int
     watch_connected: bool
@@ -100,7 +100,9 @@ def probe_ready(config: Config) -> tuple[bool, str]:
     state = RuntimeFiles(config.paths.work_dir).read_state()
     if state is None:
         return False, "no supervisor state yet"
-    if state.role == "leader":
+    if state.role in ("leader", "secondary"):
+        if state.role == "secondary" and state.state != "following":
+            return False, "secondary: no leader known yet"
         return _named_answers(config, deadline)
     if state.state == "blocked-on-fence":
         return False, "blocked on fence: holds the Lease, waits for the storage lock"

@@ -14,9 +14,11 @@ import threading
 
 
 class ApiProxy:
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1",
+                 listen_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
-        self._server = socket.create_server(("127.0.0.1", 0))
+        self.listen_host = listen_host
+        self._server = socket.create_server((listen_host, 0))
         self.port = int(self._server.getsockname()[1])
         self._blackholed = threading.Event()
         self._closed = threading.Event()
@@ -26,7 +28,7 @@ class ApiProxy:
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.listen_host}:{self.port}"
 
     def blackhole(self) -> None:
         self._blackholed.set()

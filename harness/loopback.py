@@ -31,7 +31,16 @@ def ensure_alias(ip: str) -> None:
 
 
 class AddressPool:
-    """Hands out 127.0.0.N addresses, from ``first`` up, each aliased on lo."""
+    """Hands out 127.0.0.N addresses, from ``first`` up, each aliased on lo.
+
+    Pods on these addresses share the root network namespace (see harness.netlab for
+    the kind that does not); ``wrap`` and ``api_host`` match NetLab's.
+    """
+
+    api_host = "127.0.0.1"
+
+    def wrap(self, ip: str, argv: list[str]) -> list[str]:
+        return argv
 
     def __init__(self, first: int = 10, last: int = 250) -> None:
         self._next = first

@@ -52,6 +52,8 @@ class MasterPod:
     kubeconfig: Path
     proxy: ApiProxy
     work_dir: Path
+    command: str = "run"  # or "secondary"
+    wrap: Callable[[str, list[str]], list[str]] = lambda _ip, argv: argv
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -72,7 +74,8 @@ class MasterPod:
         env.pop("KUBERNETES_SERVICE_HOST", None)
         with self.log_path.open("ab") as out, self.named_log_path.open("ab") as err:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bindha_rwx", "run", "--config", str(self.config_path)],
+                self.wrap(self.ip, [sys.executable, "-m", "bindha_rwx", self.command,
+                                    "--config", str(self.config_path)]),
                 env=env, stdout=out, stderr=err, cwd=ROOT, start_new_session=True)
 
     @property
@@ -184,9 +187,10 @@ class MasterLab:
         self._api_port = int(yaml.safe_load(self.kubeconfig.read_text())["clusters"][0]
                              ["cluster"]["server"].rsplit(":", 1)[1])
 
-    def add_pod(self, name: str | None = None) -> MasterPod:
-        index = len(self.pods)
-        name = name or f"bind-master-{index}"
+    def add_pod(self, name: str | None = None, command: str = "run") -> MasterPod:
+        kind = "master" if command == "run" else "secondary"
+        index = len([p for p in self.pods if p.command == command])
+        name = name or f"bind-{kind}-{index}"
         ip = self.address_pool.take()
         work = self.root / name
         path = write_pod_config(
@@ -194,18 +198,21 @@ class MasterLab:
             rndc_port=9600 + int(ip.rsplit(".", 1)[1]),
             extra={"namespace": self.namespace, "cluster": "lab", "timing": self.timing,
                    "lease": {"name": self.lease_name}})
-        proxy = ApiProxy(self._api_port)
+        proxy = ApiProxy(self._api_port, listen_host=self.address_pool.api_host)
         kubeconfig = work / "kubeconfig"
         data = yaml.safe_load(self.kubeconfig.read_text())
         data["clusters"][0]["cluster"]["server"] = proxy.url
+        # The proxy's address is not in the apiserver's certificate; this name is.
+        data["clusters"][0]["cluster"]["tls-server-name"] = "kubernetes.default.svc"
         kubeconfig.write_text(yaml.safe_dump(data))
         self.core.create_namespaced_pod(self.namespace, client.V1Pod(
             metadata=client.V1ObjectMeta(name=name, labels={
-                "bindha.io/cluster": "lab", "bindha.io/component": "master"}),
+                "bindha.io/cluster": "lab", "bindha.io/component": kind}),
             spec=client.V1PodSpec(containers=[client.V1Container(name="bind",
                                                                   image="bindha-rwx")])))
         pod = MasterPod(name=name, ip=ip, namespace=self.namespace, config_path=path,
-                        kubeconfig=kubeconfig, proxy=proxy, work_dir=work)
+                        kubeconfig=kubeconfig, proxy=proxy, work_dir=work, command=command,
+                        wrap=self.address_pool.wrap)
         self.pods.append(pod)
         return pod
 
@@ -214,6 +221,47 @@ class MasterLab:
         for pod in new:
             pod.start()
         return new
+
+    def start_secondaries(self, count: int) -> list[MasterPod]:
+        new = [self.add_pod(command="secondary") for _ in range(count)]
+        for pod in new:
+            pod.start()
+        return new
+
+    @property
+    def masters(self) -> list[MasterPod]:
+        return [p for p in self.pods if p.command == "run"]
+
+    @property
+    def secondaries(self) -> list[MasterPod]:
+        return [p for p in self.pods if p.command == "secondary"]
+
+    def publish_endpoints(self, ips: list[str], service: str = "bind-secondary") -> None:
+        """Write the secondaries' EndpointSlice, as the endpointslice controller would."""
+        discovery = client.DiscoveryV1Api(self.api)
+        body = client.V1EndpointSlice(
+            metadata=client.V1ObjectMeta(name=f"{service}-lab",
+                                         labels={"kubernetes.io/service-name": service}),
+            address_type="IPv4",
+            endpoints=[client.V1Endpoint(addresses=[ip],
+                                         conditions=client.V1EndpointConditions(ready=True))
+                       for ip in ips],
+            ports=[client.DiscoveryV1EndpointPort(name="dns", port=53, protocol="UDP")])
+        try:
+            discovery.replace_namespaced_endpoint_slice(f"{service}-lab", self.namespace, body)
+        except client.exceptions.ApiException as exc:
+            if exc.status != 404:
+                raise
+            discovery.create_namespaced_endpoint_slice(self.namespace, body)
+
+    def rewrite_configs(self, change: Callable[[dict[str, Any]], None]) -> None:
+        """Change every pod's config.yaml in place by a swap, as a ConfigMap update does."""
+        for pod in self.pods:
+            data = yaml.safe_load(pod.config_path.read_text())
+            change(data)
+            tmp = pod.config_path.with_suffix(".new")
+            tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+            os.replace(tmp, pod.config_path)
 
     def stop(self) -> None:
         for pod in self.pods:
@@ -241,7 +289,7 @@ class MasterLab:
         return next(p for p in self.pods if p.name == name)
 
     def writers(self) -> list[tuple[MasterPod, psutil.Process]]:
-        return [(pod, proc) for pod in self.pods for proc in pod.named_processes()]
+        return [(pod, proc) for pod in self.masters for proc in pod.named_processes()]
 
     def leader(self, timeout: float = 20.0) -> MasterPod:
         """The pod whose named serves every zone, once there is exactly one."""

@@ -23,7 +23,7 @@ class Candidate:
                  timing: Timing = TIMING) -> None:
         self.lease = LeaseClient(api, namespace, "bind-master-leader")
         self.elector = Elector(self.lease, identity, timing)
-        self.watcher = LeaseWatcher(self.lease, self.elector, timing)
+        self.watcher = LeaseWatcher(self.lease, self.elector.observe, timing)
         self.threads = [threading.Thread(target=self.elector.run, daemon=True),
                         threading.Thread(target=self.watcher.run, daemon=True)]
 
