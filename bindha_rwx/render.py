@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from bindha_rwx.config import Config, ConfigError, Grant, Zone
 
 RNDC_KEY_NAME = "bindha-rndc"
+RATE_LIMIT = 1000  # notify-rate / serial-query-rate, per second; see _options
 _INDENT = "    "
 
 
@@ -102,14 +103,20 @@ def _options(config: Config, role: str) -> str:
         "version none;",
         "allow-transfer { none; };",
     ]
+    # BIND paces NOTIFYs (notify-rate) and a secondary's refresh SOA queries
+    # (serial-query-rate) with a rate limiter whose tick is 10/rate seconds for rates
+    # above 10: the default 20/s means a 0.5 s tick, so the second secondary got its
+    # NOTIFY 0.5 s after the first, and a NOTIFY queued behind a refresh waited as
+    # long (benchmarks/propagation.py). 1000/s gives a 10 ms tick.
     if role == "primary":
         lines += [
             "# NOTIFY goes to also-notify only (the secondaries' pod IPs), at once.",
             "notify explicit;",
             "notify-delay 0;",
+            f"notify-rate {RATE_LIMIT};",
         ]
     else:
-        lines += ["notify no;", "allow-update { none; };"]
+        lines += ["notify no;", "allow-update { none; };", f"serial-query-rate {RATE_LIMIT};"]
     if config.pod.ip:
         # NOTIFY and transfers leave from the pod IP, the address the peer's ACLs know.
         keyword = "" if ipaddress.ip_address(config.pod.ip).version == 4 else "-v6"

@@ -43,6 +43,7 @@ from bindha_rwx.render import RNDC_KEY_NAME, render_secondary
 
 log = get_logger("secondary")
 CONVERGE_WINDOW = 15.0  # seconds of close watch after a primary change or a reload
+CONVERGE_GRACE = 1.0  # a lag must last this long before we refresh (NOTIFY goes first)
 
 
 class Secondary:
@@ -67,6 +68,7 @@ class Secondary:
         self._next_check = 0.0
         self._next_reload = 0.0
         self._refreshed_at: dict[str, float] = {}
+        self._lagging_since: dict[str, float] = {}
 
     @property
     def primary_file(self) -> Path:
@@ -162,6 +164,7 @@ class Secondary:
         previous, self.primary = self.primary, primary
         self._converge_until = time.monotonic() + CONVERGE_WINDOW
         self._refreshed_at.clear()
+        self._lagging_since.clear()
         if self.named is None:
             if self._restart_at is None:
                 self._start_named()
@@ -194,19 +197,29 @@ class Secondary:
         self.publisher.event("NamedCrashed", f"named exited with {ended.returncode}", "Warning")
 
     def _converge(self, now: float) -> None:
-        """Refresh every zone whose serial lags the leader's (bounded, rate-limited)."""
+        """Refresh a zone whose serial has lagged the leader's for CONVERGE_GRACE.
+
+        NOTIFY is the normal path and takes milliseconds; refreshing on every small lag
+        would race it (named then logs "refresh in progress, refresh check queued" and
+        the NOTIFY waits for our refresh). So only a lag that outlives the grace, such
+        as a NOTIFY refused before our reconfig, is refreshed here.
+        """
         assert self.primary is not None
         rndc = Rndc(self.config)
         for zone in self.config.zones:
             theirs = _serial(self.primary, self.config.ports.dns, zone.name)
-            if theirs is None:
-                continue
             ours = _serial(self.config.local_address, self.config.ports.dns, zone.name)
-            if ours is not None and not _serial_lt(ours, theirs):
+            if theirs is None or (ours is not None and not _serial_lt(ours, theirs)):
+                self._lagging_since.pop(zone.name, None)
                 continue
-            if now - self._refreshed_at.get(zone.name, -1e9) < 0.5:
+            since = self._lagging_since.setdefault(zone.name, now)
+            if now - since < CONVERGE_GRACE:
+                continue
+            if now - self._refreshed_at.get(zone.name, -1e9) < CONVERGE_GRACE:
                 continue
             self._refreshed_at[zone.name] = now
+            log.info("zone.refresh", zone=zone.name, ours=ours, leader=theirs,
+                     lagging_seconds=round(now - since, 2))
             try:
                 rndc.run("refresh", zone.name, timeout=self.config.timing.retry_period)
             except NamedError as exc:

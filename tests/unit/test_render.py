@@ -56,6 +56,7 @@ def test_primary_passes_named_checkconf(config_data):
     text = render_primary(config, also_notify=["10.0.0.9", "10.0.0.10", "10.0.0.9"])
     check_conf(text)
     assert "notify explicit;" in text and "notify-delay 0;" in text
+    assert "notify-rate 1000;" in text  # a 10 ms pacing tick, not BIND's 0.5 s
     assert "recursion no;" in text
     assert "listen-on port 53 { 10.0.0.5; 127.0.0.1; };" in text
     assert 'inet 127.0.0.1 port 953 allow { 127.0.0.1; } keys { "bindha-rndc"; };' in text
@@ -90,6 +91,7 @@ def test_secondary_passes_named_checkconf(config_data):
     assert "allow-notify { 10.0.0.7; };" in text
     assert f'file "{config.paths.work_dir}/secondary/example.com.zone";' in text
     assert "allow-update { none; };" in text and "notify no;" in text
+    assert "serial-query-rate 1000;" in text
 
 
 def test_ipv6_pod(config_data):
