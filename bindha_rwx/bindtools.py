@@ -12,6 +12,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from bindha_rwx.files import atomic_write
+
 TOOL_TIMEOUT = 30.0
 _SEARCH = ("/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin")
 
@@ -78,13 +80,5 @@ def ensure_key_file(path: Path, name: str) -> bool:
     if path.exists():
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = generate_tsig_key(name)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+    atomic_write(path, generate_tsig_key(name), mode=0o600)
     return True

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import fasteners
 
+from bindha_rwx.files import atomic_write
+
 META_DIR = ".bindha"
 
 
@@ -51,23 +53,6 @@ class Owner:
         since = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         return cls(pod=pod, node=node, pod_ip=pod_ip, pid=os.getpid(), epoch=epoch,
                    generation=generation, since=since)
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Replace ``path`` so that readers see the old or the new text, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class SharedVolume:

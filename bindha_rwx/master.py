@@ -36,7 +36,7 @@ from pathlib import Path
 from kubernetes import client
 
 from bindha_rwx.bindtools import BindToolError, check_conf, ensure_key_file
-from bindha_rwx.config import Config, ConfigError
+from bindha_rwx.config import Config
 from bindha_rwx.discovery import EndpointsWatcher
 from bindha_rwx.election import (
     EPOCH_ANNOTATION,
@@ -45,13 +45,14 @@ from bindha_rwx.election import (
     LeaseClient,
     LeaseWatcher,
 )
-from bindha_rwx.fencing import FenceError, Owner, SharedVolume, StorageLock, atomic_write
+from bindha_rwx.fencing import FenceError, Owner, SharedVolume, StorageLock
+from bindha_rwx.files import atomic_write
 from bindha_rwx.kube import Publisher
 from bindha_rwx.log import get_logger
 from bindha_rwx.named import NamedError, NamedProcess, RestartPolicy, Rndc
 from bindha_rwx.probes import RunState, RuntimeFiles, write_role_file
 from bindha_rwx.reaper import reap_orphans
-from bindha_rwx.reload import ConfigSource, merge, zone_changes
+from bindha_rwx.reload import ConfigSource, applied, candidate, refused
 from bindha_rwx.render import RNDC_KEY_NAME, render_bootstrap_zone, render_primary
 
 log = get_logger("master")
@@ -387,41 +388,24 @@ class Master:
         if self.source is None or now < self._next_reload_check:
             return
         self._next_reload_check = now + self.config.timing.retry_period
-        try:
-            new = self.source.poll()
-            if new is None:
-                return
-            merged, needs_restart = merge(self.config, new)
-            if needs_restart:
-                log.warning("config.restart_needed", fields=needs_restart,
-                            note="these apply at the next start; the rest applies now")
-            check_conf(render_primary(merged, also_notify=self.targets))
-        except (ConfigError, BindToolError) as exc:
-            log.error("config.refused", error=str(exc)[:1000], kept="the running config")
-            self.publisher.event("ConfigRefused", f"new config refused, the running one is "
-                                 f"kept: {str(exc)[:600]}", "Warning")
+        merged = candidate(self.source, self.config,
+                           lambda c: render_primary(c, also_notify=self.targets),
+                           self.publisher.event)
+        if merged is None:
             return
-        added, removed = zone_changes(self.config, merged)
+        previous = self.config
+        self.config = merged
         if self.state is State.LEADER:
-            previous = self.config
-            self.config = merged
             try:
                 self._bootstrap_zones()
                 self._write_named_conf()
                 self._reconfig()
             except (BindToolError, NamedError, OSError) as exc:
                 self.config = previous
-                log.error("config.apply_failed", error=str(exc)[:500])
-                self.publisher.event("ConfigRefused", f"applying the new config failed, "
-                                     f"the running one is kept: {str(exc)[:600]}", "Warning")
+                refused(self.publisher.event, "applying the new config failed", exc)
                 self._write_named_conf()
                 return
-        else:
-            self.config = merged
-        log.info("config.applied", zones_added=added, zones_removed=removed,
-                 role=self.state.value)
-        self.publisher.event("ConfigApplied", f"zones added {added or 'none'}, removed "
-                             f"{removed or 'none'}")
+        applied(self.publisher.event, previous, merged, self.state.value)
 
     def _write_state(self) -> None:
         now = time.monotonic()

@@ -24,6 +24,7 @@ import dns.rcode
 import dns.rdatatype
 
 from bindha_rwx.config import Config
+from bindha_rwx.files import atomic_write
 
 PROBE_BUDGET = 0.8  # seconds: exec probes must answer well inside the kubelet's 1 s
 
@@ -76,9 +77,7 @@ def write_role_file(path: Path, role: str) -> None:
 
 
 def _replace(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text, durable=False)  # local state, rewritten every tick
 
 
 # ---------------------------------------------------------------------------

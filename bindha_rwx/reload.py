@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from bindha_rwx.config import Config, parse_config
+from bindha_rwx.bindtools import BindToolError, check_conf
+from bindha_rwx.config import Config, ConfigError, parse_config
+from bindha_rwx.log import get_logger
+
+log = get_logger("reload")
+EventSink = Callable[[str, str, str], None]  # (reason, message, type), e.g. Publisher.event
 
 RESTART_FIELDS = ("cluster", "namespace", "lease_name", "timing", "paths", "role_label",
                   "ports", "local_address")
@@ -65,3 +70,37 @@ def zone_changes(old: Config, new: Config) -> tuple[list[str], list[str]]:
     before = {z.name for z in old.zones}
     after = {z.name for z in new.zones}
     return sorted(after - before), sorted(before - after)
+
+
+def candidate(source: ConfigSource, running: Config, render: Callable[[Config], str],
+              event: EventSink) -> Config | None:
+    """The config to apply now, or None: unchanged, or refused (then said, once).
+
+    A candidate has passed the schema and ``named-checkconf`` on its rendering; fields
+    that need a restart keep their running values.
+    """
+    try:
+        new = source.poll()
+        if new is None:
+            return None
+        merged, needs_restart = merge(running, new)
+        if needs_restart:
+            log.warning("config.restart_needed", fields=needs_restart,
+                        note="these apply at the next start; the rest applies now")
+        check_conf(render(merged))
+    except (ConfigError, BindToolError) as exc:
+        refused(event, "new config refused", exc)
+        return None
+    return merged
+
+
+def refused(event: EventSink, what: str, exc: Exception) -> None:
+    log.error("config.refused", error=str(exc)[:1000], kept="the running config")
+    event("ConfigRefused", f"{what}, the running one is kept: {str(exc)[:600]}", "Warning")
+
+
+def applied(event: EventSink, old: Config, new: Config, role: str) -> None:
+    added, removed = zone_changes(old, new)
+    log.info("config.applied", zones_added=added, zones_removed=removed, role=role)
+    event("ConfigApplied", f"zones added {added or 'none'}, removed {removed or 'none'}",
+          "Normal")

@@ -30,15 +30,15 @@ import dns.rdatatype
 from kubernetes import client
 
 from bindha_rwx.bindtools import BindToolError, check_conf, ensure_key_file
-from bindha_rwx.config import Config, ConfigError
+from bindha_rwx.config import Config
 from bindha_rwx.election import LEADER_IP_ANNOTATION, LeaseClient, LeaseRecord, LeaseWatcher
-from bindha_rwx.fencing import atomic_write
+from bindha_rwx.files import atomic_write
 from bindha_rwx.kube import Publisher
 from bindha_rwx.log import get_logger
 from bindha_rwx.named import NamedError, NamedProcess, RestartPolicy, Rndc
 from bindha_rwx.probes import RunState, RuntimeFiles, write_role_file
 from bindha_rwx.reaper import reap_orphans
-from bindha_rwx.reload import ConfigSource, merge, zone_changes
+from bindha_rwx.reload import ConfigSource, applied, candidate
 from bindha_rwx.render import RNDC_KEY_NAME, render_secondary
 
 log = get_logger("secondary")
@@ -229,28 +229,16 @@ class Secondary:
         if self.source is None or now < self._next_reload:
             return
         self._next_reload = now + self.config.timing.retry_period
-        try:
-            new = self.source.poll()
-            if new is None:
-                return
-            merged, needs_restart = merge(self.config, new)
-            if needs_restart:
-                log.warning("config.restart_needed", fields=needs_restart)
-            text = render_secondary(merged, self.primary or "127.0.0.1")
-            check_conf(text)
-        except (ConfigError, BindToolError) as exc:
-            log.error("config.refused", error=str(exc)[:1000], kept="the running config")
-            self.publisher.event("ConfigRefused", f"new config refused, the running one is "
-                                 f"kept: {str(exc)[:600]}", "Warning")
+        merged = candidate(self.source, self.config,
+                           lambda c: render_secondary(c, self.primary or "127.0.0.1"),
+                           self.publisher.event)
+        if merged is None:
             return
-        added, removed = zone_changes(self.config, merged)
-        self.config = merged
+        previous, self.config = self.config, merged
         if self.primary:
             self.primary, wanted = None, self.primary
             self._follow(wanted)  # re-render and reconfig with the new zone list
-        log.info("config.applied", zones_added=added, zones_removed=removed)
-        self.publisher.event("ConfigApplied", f"zones added {added or 'none'}, removed "
-                             f"{removed or 'none'}")
+        applied(self.publisher.event, previous, merged, "secondary")
 
     def _write_state(self) -> None:
         self.runtime.write_state(RunState(

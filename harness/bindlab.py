@@ -6,8 +6,6 @@ its own rndc port; all pods share one dyn directory (the RWX volume).
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
@@ -26,6 +24,7 @@ import yaml
 from bindha_rwx.bindtools import ensure_key_file, find_tool
 from bindha_rwx.config import Config, TsigKey, load_config
 from bindha_rwx.render import RNDC_KEY_NAME
+from harness.process import log_tail, stop_group
 
 
 def write_key_files(folder: Path, names: Iterable[str]) -> dict[str, Path]:
@@ -134,18 +133,8 @@ class NamedProcess:
                            f"{self.log_tail()}")
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, lines)
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
+        stop_group(process, timeout)

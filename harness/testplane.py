@@ -23,6 +23,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.process import log_tail, stop_group
+
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = ROOT / "scripts" / "build-testplane.sh"
 ADMIN_USER = "admin"
@@ -156,23 +158,12 @@ class TestPlane:
                            f"see {self.log_file}:\n{self._log_tail()}")
 
     def _log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.log_file, lines)
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM, SIGKILL after ``timeout``: test data is thrown away anyway."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
-
+        stop_group(process, timeout)
 
 def main() -> int:
     """`python -m harness.testplane up`: run a control plane until Ctrl-C."""
