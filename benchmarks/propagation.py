@@ -8,7 +8,8 @@ the leader's serial, and that update's lag is when the last secondary first serv
 that serial minus the ack time.
 
 - idle: one update every --idle-interval seconds (default 1 s);
-- stream: updates without pause over one TCP connection (the rate is reported);
+- stream: --writers clients sending updates without pause, each over its own TCP
+  connection (the rate is reported);
 - failover: SIGTERM to the leader with a second master ready; time from the new
   leader's first acknowledged update until every secondary serves its serial.
 
@@ -37,6 +38,7 @@ import psutil
 from kubernetes import client, config
 
 from harness.bindlab import keyring, write_key_files
+from harness.bindlab import soa_serial as soa_serial_at
 from harness.netlab import NetLab
 from harness.pods import MasterLab, MasterPod, wait_until
 from harness.testplane import TestPlane, build_binary
@@ -46,13 +48,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def soa_serial(ip: str, timeout: float = 0.5) -> int | None:
-    try:
-        answer = dns.query.udp(dns.message.make_query(ZONE, "SOA"), ip, timeout=timeout)
-    except Exception:
-        return None
-    if answer.rcode() != dns.rcode.NOERROR or not answer.answer:
-        return None
-    return int(answer.answer[0][0].serial)
+    return soa_serial_at(ip, ZONE, timeout=timeout)
 
 
 class SerialMonitor:
@@ -140,18 +136,33 @@ def run_idle(leader: MasterPod, monitors: list[SerialMonitor], count: int,
 
 
 def run_stream(leader: MasterPod, monitors: list[SerialMonitor], seconds: float,
-               every: int = 10) -> dict[str, object]:
-    writer = Writer(leader)
-    samples = []
+               writers: int, every: int = 10) -> dict[str, object]:
+    """``writers`` clients, each on its own TCP connection, sending without pause."""
+    samples: list[tuple[float, int]] = []
+    counts = [0] * writers
+    stop = threading.Event()
+
+    def work(index: int) -> None:
+        writer = Writer(leader)
+        while not stop.is_set():
+            acked = writer.send()
+            counts[index] += 1
+            if index == 0 and writer.n % every == 0:
+                samples.append((acked, soa_serial(leader.ip) or 0))
+        writer.close()
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(writers)]
     start = time.monotonic()
-    while time.monotonic() - start < seconds:
-        acked = writer.send()
-        if writer.n % every == 0:
-            samples.append((acked, soa_serial(leader.ip) or 0))
-    rate = writer.n / (time.monotonic() - start)
-    writer.close()
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    rate = sum(counts) / (time.monotonic() - start)
     time.sleep(2)
-    return {**summary(lags(samples, monitors)), "updates_per_s": round(rate)}
+    return {**summary(lags(samples, monitors)), "updates_per_s": round(rate),
+            "writers": writers}
 
 
 def run_failover(lab: MasterLab, secondaries: list[MasterPod], rounds: int) -> dict[str, object]:
@@ -182,6 +193,8 @@ def main() -> int:
                         help="seconds between idle updates")
     parser.add_argument("--stream-seconds", type=float, default=10)
     parser.add_argument("--failovers", type=int, default=5)
+    parser.add_argument("--writers", type=int, default=4,
+                        help="concurrent update clients in the stream phase")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bindha-prop-"))
     plane = TestPlane(binary=build_binary(), workdir=root / "testplane")
@@ -209,7 +222,7 @@ def main() -> int:
         results["idle"] = run_idle(leader, monitors, args.idle, args.idle_interval)
         results["idle"]["interval_s"] = args.idle_interval  # type: ignore[index]
         print("idle", results["idle"], flush=True)
-        results["stream"] = run_stream(leader, monitors, args.stream_seconds)
+        results["stream"] = run_stream(leader, monitors, args.stream_seconds, args.writers)
         print("stream", results["stream"], flush=True)
         for monitor in monitors:
             monitor.stop()

@@ -43,6 +43,8 @@ _KEY_NAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,253}[A-Za-z0-9_])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$")
 _LABEL_KEY = re.compile(r"^([a-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
 _KEY_CLAUSE = re.compile(r'key\s+"?([^"\s{]+)"?\s*\{(.*?)\}\s*;', re.S)
+_ACL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+BUILTIN_ACLS = ("any", "none", "localhost", "localnets")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
 
 
@@ -182,6 +184,8 @@ class Config:
     zones: tuple[Zone, ...]
     secondaries: Secondaries
     pod: PodEnv
+    acls: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    allow_query: tuple[str, ...] = ("any",)
     source: str = ""
 
     def zone(self, name: str) -> Zone:
@@ -356,7 +360,7 @@ class _Reader:
     def read(self, data: Any, env: Mapping[str, str], source: str) -> Config | None:
         top = self.mapping(data, "", (
             "cluster", "namespace", "lease", "timing", "paths", "roleLabel", "ports",
-            "localAddress", "keys", "zones", "secondaries"))
+            "localAddress", "keys", "zones", "secondaries", "acls", "allowQuery"))
         cluster = self.string(top, "cluster", "", "bind", _LABEL_VALUE,
                               "use a Kubernetes label value (letters, digits, '-', '_', '.')")
         pod = self.pod_env(env)
@@ -370,6 +374,7 @@ class _Reader:
                                  "use a Kubernetes object name (lower case, digits, '-', '.')")
         keys = self.keys(top.get("keys"))
         secondaries = self.secondaries(top.get("secondaries"), keys)
+        acls = self.acls(top.get("acls"))
         local_address = top.get("localAddress", "127.0.0.1")
         if not _is_ip(local_address):
             self.problem("localAddress", f"{_show(local_address)} is not an IP address: use the "
@@ -387,6 +392,8 @@ class _Reader:
             keys=keys,
             zones=self.zones(top.get("zones"), keys),
             secondaries=secondaries,
+            acls=acls,
+            allow_query=self.allow_query(top.get("allowQuery"), acls),
             pod=pod,
             source=source,
         )
@@ -532,6 +539,60 @@ class _Reader:
             self.problem("secondaries.transferKey", f"{transfer_key!r} is not in keys: add it "
                          f"there (known: {', '.join(keys) or 'none'})")
         return Secondaries(service=service or "bind-secondary", transfer_key=transfer_key)
+
+    def acls(self, value: Any) -> dict[str, tuple[str, ...]]:
+        """Named address match lists: ``{name: [CIDR or IP, ...]}``."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problem("acls", f"expected a mapping of name to address list, got "
+                         f"{_show(value)}")
+            return {}
+        acls: dict[str, tuple[str, ...]] = {}
+        for name, entries in value.items():
+            where = f"acls.{name}"
+            if not isinstance(name, str) or not _ACL_NAME.match(name) or name in BUILTIN_ACLS:
+                self.problem(where, f"{name!r} is not a usable ACL name: use letters, digits, "
+                             f"'-' and '_', and none of {', '.join(BUILTIN_ACLS)}")
+                continue
+            if not isinstance(entries, list) or not entries:
+                self.problem(where, "expected a non-empty list of CIDRs or IP addresses")
+                continue
+            good = [self.network(e, f"{where}[{i}]") for i, e in enumerate(entries)]
+            if all(good):
+                acls[name] = tuple(g for g in good if g)
+        return acls
+
+    def network(self, value: Any, where: str) -> str | None:
+        try:
+            return str(ipaddress.ip_network(str(value), strict=False))
+        except ValueError:
+            self.problem(where, f"{_show(value)} is not an IP address or CIDR such as "
+                         "10.0.0.0/8")
+            return None
+
+    def allow_query(self, value: Any, acls: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+        """Who may query: ACL names, built-in ACLs, CIDRs. Default: any."""
+        if value is None:
+            return ("any",)
+        if not isinstance(value, list) or not value:
+            self.problem("allowQuery", f"expected a list such as [any] or [internal, "
+                         f"10.0.0.0/8], got {_show(value)}")
+            return ("any",)
+        result = []
+        for i, item in enumerate(value):
+            if isinstance(item, str) and (item in BUILTIN_ACLS or item in acls):
+                result.append(item)
+            elif isinstance(item, str) and _ACL_NAME.match(item) and "/" not in item \
+                    and not _is_ip(item):
+                self.problem(f"allowQuery[{i}]", f"{item!r} is not an ACL: define it under "
+                             f"acls (known: {', '.join(acls) or 'none'}) or use one of "
+                             f"{', '.join(BUILTIN_ACLS)}")
+            else:
+                network = self.network(item, f"allowQuery[{i}]")
+                if network:
+                    result.append(network)
+        return tuple(result) or ("any",)
 
     def zones(self, value: Any, keys: dict[str, TsigKey]) -> tuple[Zone, ...]:
         if value is None:

@@ -6,10 +6,10 @@ Validation here is the schema (config.parse_config); the caller renders and runs
 ``named-checkconf`` before it applies anything. A refused config is reported once per
 distinct content, and the running config stays.
 
-What can change without a restart: zones (added, removed, their policies), keys, and
-the secondaries' settings. Timings, paths, ports, the Lease and the labels shape the
-running supervisor and the election itself; a change there is logged as needing a
-restart and is otherwise ignored.
+What can change without a restart: zones (added, removed, their policies), keys, ACLs
+and allowQuery, and the secondaries' settings. Timings, paths, ports, the Lease and the
+labels shape the running supervisor and the election itself; a change there is logged
+as needing a restart and is otherwise ignored.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def merge(running: Config, new: Config) -> tuple[Config, list[str]]:
     """The config to apply now, and the changed fields that need a restart to apply."""
     needs_restart = [name for name in RESTART_FIELDS
                      if getattr(running, name) != getattr(new, name)]
-    merged = replace(running, keys=new.keys, zones=new.zones, secondaries=new.secondaries)
+    merged = replace(running, keys=new.keys, zones=new.zones, secondaries=new.secondaries,
+                     acls=new.acls, allow_query=new.allow_query)
     return merged, needs_restart
 
 

@@ -25,7 +25,8 @@ def render_primary(config: Config, also_notify: Sequence[str] = ()) -> str:
     the load balancer (or anywhere else) never receive NOTIFYs.
     """
     notify_targets = sorted(set(also_notify), key=_ip_sort_key)
-    parts = [_header(config, "primary"), _includes(config), _options(config, "primary"),
+    parts = [_header(config, "primary"), _includes(config), _acls(config),
+             _options(config, "primary"),
              _controls(config), _logging()]
     parts += [_primary_zone(config, zone, notify_targets) for zone in config.zones]
     return "\n".join(parts)
@@ -39,7 +40,8 @@ def render_secondary(config: Config, primary_ip: str) -> str:
     if not config.secondaries.transfer_key:
         raise ConfigError(["secondaries.transferKey: not set, and a secondary transfers "
                            "zones with TSIG only: name a key from keys"], config.source)
-    parts = [_header(config, "secondary"), _includes(config), _options(config, "secondary"),
+    parts = [_header(config, "secondary"), _includes(config), _acls(config),
+             _options(config, "secondary"),
              _controls(config), _logging()]
     parts += [_secondary_zone(config, zone, primary_ip) for zone in config.zones]
     return "\n".join(parts)
@@ -79,6 +81,10 @@ def _includes(config: Config) -> str:
     return "".join(f'include "{_quote(str(f))}";\n' for f in files)
 
 
+def _acls(config: Config) -> str:
+    return "".join(f"acl {name} {_list(entries)};\n" for name, entries in config.acls.items())
+
+
 def _listen_addresses(config: Config) -> list[str]:
     addresses = [config.pod.ip] if config.pod.ip else []
     if config.local_address not in addresses:
@@ -97,6 +103,7 @@ def _options(config: Config, role: str) -> str:
         f'session-keyfile "{_quote(str(config.paths.work_dir / "session.key"))}";',
         f"listen-on port {port} {_list(v4) if v4 else '{ none; }'};",
         f"listen-on-v6 port {port} {_list(v6) if v6 else '{ none; }'};",
+        f"allow-query {_list(config.allow_query)};",
         "recursion no;",
         "allow-recursion { none; };",
         "dnssec-validation no;",

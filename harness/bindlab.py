@@ -71,6 +71,18 @@ def load_pod_config(path: Path, name: str, ip: str) -> Config:
     return load_config(path, env=pod_env(name, ip))
 
 
+def soa_serial(ip: str, zone: str, port: int = 53, timeout: float = 0.5) -> int | None:
+    """The zone's serial as ``ip`` serves it, or None (no answer, error, not loaded)."""
+    try:
+        answer = dns.query.udp(dns.message.make_query(zone, dns.rdatatype.SOA), ip, port=port,
+                               timeout=timeout)
+    except (dns.exception.DNSException, OSError):
+        return None
+    if answer.rcode() != dns.rcode.NOERROR or not answer.answer:
+        return None
+    return int(answer.answer[0][0].serial)
+
+
 def keyring(key: TsigKey) -> dict[Any, Any]:
     return dns.tsigkeyring.from_text({key.name: (key.algorithm, key.secret)})
 
@@ -107,14 +119,7 @@ class NamedProcess:
 
     def soa_serial(self, zone: str, timeout: float = 1.0) -> int | None:
         """The zone's serial as served, or None (no answer, SERVFAIL, not loaded)."""
-        query = dns.message.make_query(zone, dns.rdatatype.SOA)
-        try:
-            answer = dns.query.udp(query, self.ip, port=self.config.ports.dns, timeout=timeout)
-        except (dns.exception.Timeout, OSError):
-            return None
-        if answer.rcode() != dns.rcode.NOERROR or not answer.answer:
-            return None
-        return int(answer.answer[0][0].serial)
+        return soa_serial(self.ip, zone, self.config.ports.dns, timeout)
 
     def wait_serving(self, zones: Iterable[str] | None = None, timeout: float = 20.0,
                      min_serial: int | None = None) -> None:

@@ -1,13 +1,20 @@
-"""The README's main job: a local demo on this machine.
+"""The README's main job: a local demo cluster on this machine.
 
-Stage of the product: the foundation. The supervisor (`bindha-rwx run`, election and
-fencing) does not exist yet, so this demo starts only the real control plane and one
-real named rendered by bindha-rwx on a loopback address, and says so. Ctrl-C stops
-everything and removes the temp directory.
+The real control plane (kube-apiserver + etcd), 3 master pods (`bindha-rwx run`) over
+one shared directory and 2 secondaries (`bindha-rwx secondary`), each a process in a
+network namespace of its own with its own IP (harness/netlab.py), at the product's
+default timings. It prints where to send updates and queries, runs a scripted
+switchover (SIGTERM to the leader) and a crash failover (kill -9 of the leader's
+supervisor) while a client writes without pause, prints the write gap, the takeover
+time and whether any acknowledged update was lost, then waits. Ctrl-C stops
+everything and removes what it made.
+
+    scripts/demo [--no-scenarios] [--test-timings]
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import signal
 import sys
@@ -15,60 +22,120 @@ import tempfile
 import time
 from pathlib import Path
 
-from bindha_rwx.render import render_bootstrap_zone, render_primary
-from harness.bindlab import NamedProcess, load_pod_config, write_key_files, write_pod_config
-from harness.loopback import ensure_alias
-from harness.testplane import TestPlane, build_binary
+from kubernetes import client, config
 
-POD_IP = "127.0.0.10"
-ZONE = "demo.example"
+from harness.bindlab import soa_serial, write_key_files
+from harness.netlab import NetLab
+from harness.pods import TEST_TIMING, MasterLab, MasterPod, wait_until
+from harness.testplane import TestPlane, build_binary
+from harness.writer import UpdateWriter, served_names
+
+ZONE = "ha.example."
+DEFAULT_TIMING = {"leaseDuration": 10, "renewDeadline": 6, "retryPeriod": 2, "stopTimeout": 3}
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def converged(lab: MasterLab, leader: MasterPod) -> bool:
+    theirs = soa_serial(leader.ip, ZONE)
+    return theirs is not None and all(soa_serial(s.ip, ZONE) == theirs for s in lab.secondaries)
+
+
+def scenario(lab: MasterLab, kind: str, timing: dict[str, float]) -> None:
+    leader = lab.leader(timeout=60)
+    key = leader.config.keys["update-key"]
+    writer = UpdateWriter(ZONE, [p.ip for p in lab.masters], key).start()
+    wait_until(lambda: len(writer.acks) >= 20, 20, "updates flowing")
+    started = time.monotonic()
+    if kind == "switchover":
+        say(f"\n== switchover: SIGTERM to the leader {leader.name} ({leader.ip})")
+        leader.signal(signal.SIGTERM)
+    else:
+        say(f"\n== crash: kill -9 of the leader's supervisor {leader.name} ({leader.ip}); "
+            f"its named dies with it, the Lease must expire ({timing['leaseDuration']}s)")
+        leader.signal(signal.SIGKILL)
+    leader.wait_exit(60)
+    new = wait_until(lambda: (lambda p: p if p is not leader else None)(lab.leader(60)), 60,
+                     "a new leader")
+    wait_until(lambda: any(a.server == new.ip and a.acked > started for a in writer.acks), 30,
+               "the new leader acknowledges updates")
+    taken = min(a.acked for a in writer.acks if a.server == new.ip and a.acked > started)
+    time.sleep(0.5)
+    writer.stop()
+    served = served_names(new.ip, ZONE, new.config.keys["transfer-key"])
+    lost = [a.name for a in writer.acks if a.name not in served]
+    say(f"   new leader {new.name} ({new.ip}); first update acknowledged by it "
+        f"{taken - started:.3f}s after the {'SIGTERM' if kind == 'switchover' else 'kill'}")
+    say(f"   {len(writer.acks)} updates acknowledged in all, {len(lost)} lost")
+    wait_until(lambda: converged(lab, new), 30, "secondaries converge")
+    say("   both secondaries serve the new leader's serial")
+    leader.process = None
+    leader.start()
+    wait_until(lambda: leader.has_event("lease.holder_seen"), 30, "old pod back")
+    say(f"   {leader.name} restarted: a standby again")
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(prog="scripts/demo")
+    parser.add_argument("--no-scenarios", action="store_true",
+                        help="start the cluster and wait, without the scripted faults")
+    parser.add_argument("--test-timings", action="store_true",
+                        help="a 3 s Lease instead of the default 10 s")
+    args = parser.parse_args()
+    timing = dict(TEST_TIMING) if args.test_timings else dict(DEFAULT_TIMING)
     root = Path(tempfile.mkdtemp(prefix="bindha-demo-"))
     plane: TestPlane | None = None
-    named: NamedProcess | None = None
+    net: NetLab | None = None
+    lab: MasterLab | None = None
     try:
-        print("bindha-rwx demo (foundation stage): the supervisor is not built yet, so this")
-        print("starts the real control plane and ONE named rendered by bindha-rwx; no election,")
-        print("no failover yet.\n")
-        started = time.monotonic()
+        say("bindha-rwx demo: a real kube-apiserver, 3 masters and 2 secondaries as "
+            "processes, one shared directory")
         plane = TestPlane(binary=build_binary(), workdir=root / "testplane")
         plane.start()
-        print(f"control plane: kube-apiserver at {plane.url}, ready in "
-              f"{time.monotonic() - started:.1f}s")
-        print(f"  export KUBECONFIG={plane.kubeconfig}")
-
-        ensure_alias(POD_IP)
-        shared = root / "shared-dyn"
-        shared.mkdir()
+        api = config.new_client_from_config(config_file=str(plane.kubeconfig))
+        client.CoreV1Api(api).create_namespace(
+            client.V1Namespace(metadata=client.V1ObjectMeta(name="demo")))
+        net = NetLab()
         keys = write_key_files(root / "keys", ["update-key", "transfer-key"])
-        zones = [{"name": ZONE,
-                  "nameservers": [{"name": f"ns1.{ZONE}", "addresses": [POD_IP]}],
-                  "updatePolicy": [{"key": "update-key", "rule": "zonesub"}]}]
-        path = write_pod_config(root / "bind-master-0", pod_ip=POD_IP, dyn_dir=shared,
-                                key_files=keys, zones=zones, rndc_port=9530)
-        config = load_pod_config(path, "bind-master-0", POD_IP)
-        zone = config.zones[0]
-        (shared / zone.file_name).write_text(render_bootstrap_zone(zone))
-        named = NamedProcess.from_text(config, render_primary(config))
-        named.start()
-        named.wait_serving()
-        print(f"named: primary for {ZONE} on {POD_IP}:53, zone files in {shared}")
-        print(f"  config: {path}\n  named.conf: {named.conf_path}\n  log: {named.log_path}\n")
-        print("send an update:")
-        print(f"  printf 'server {POD_IP}\\nzone {ZONE}\\nupdate add www.{ZONE} 300 A 192.0.2.1"
-              f"\\nsend\\n' | nsupdate -k {keys['update-key']}")
-        print(f"query it:\n  dig @{POD_IP} www.{ZONE} A +short\n")
-        print("Ctrl-C stops everything.")
-        sys.stdout.flush()
+        lab = MasterLab(root=root, api=api, kubeconfig=plane.kubeconfig, namespace="demo",
+                        address_pool=net, key_files=keys, timing=timing)
+        lab.start(3)
+        leader = lab.leader(timeout=60)
+        lab.start_secondaries(2)
+        lab.publish_endpoints([s.ip for s in lab.secondaries])
+        wait_until(lambda: converged(lab, leader), 60, "secondaries loaded")
+        say(f"\ncontrol plane:   export KUBECONFIG={plane.kubeconfig}")
+        say("                 kubectl -n demo get lease bind-master-leader -o yaml")
+        say(f"shared volume:   {lab.shared}")
+        for pod in lab.masters:
+            role = "LEADER " if pod is leader else "standby"
+            say(f"master  {role} {pod.name} {pod.ip}   log {pod.log_path}")
+        for pod in lab.secondaries:
+            say(f"secondary       {pod.name} {pod.ip}   log {pod.log_path}")
+        say(f"\nsend an update to the leader ({leader.ip}):")
+        say(f"  printf 'server {leader.ip}\\nzone {ZONE}\\nupdate add www.{ZONE} 300 A "
+            f"192.0.2.1\\nsend\\n' | nsupdate -k {keys['update-key']}")
+        say(f"read it from a secondary:\n  dig @{lab.secondaries[0].ip} www.{ZONE} A +short")
+        if not args.no_scenarios:
+            scenario(lab, "switchover", timing)
+            scenario(lab, "crash", timing)
+            leader = lab.leader(timeout=60)
+            say(f"\nthe leader is now {leader.name} ({leader.ip})")
+        say("\nrunning; Ctrl-C stops everything and removes the demo's files")
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
-        print("\nstopping")
+        say("\nstopping")
         return 0
+    except AssertionError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
     finally:
-        if named is not None:
-            named.stop()
+        if lab is not None:
+            lab.stop()
+        if net is not None:
+            net.close()
         if plane is not None:
             plane.stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -41,6 +41,32 @@ def default_zones() -> list[dict[str, Any]]:
              "updatePolicy": [{"key": "update-key", "rule": "zonesub"}]}]
 
 
+def configmap_mount(config_file: Path) -> Path:
+    """Lay ``config_file`` out the way the kubelet mounts a ConfigMap; return the path.
+
+    ``mount/config.yaml -> ..data/config.yaml``, ``..data -> ..v1``: an update writes a
+    new ``..vN`` and swaps the ``..data`` symlink atomically (AtomicWriter's scheme).
+    """
+    mount = config_file.parent / "configmap"
+    version = mount / "..v1"
+    version.mkdir(parents=True)
+    os.replace(config_file, version / "config.yaml")
+    (mount / "..data").symlink_to("..v1")
+    (mount / "config.yaml").symlink_to("..data/config.yaml")
+    return mount / "config.yaml"
+
+
+def configmap_update(mounted: Path, text: str) -> None:
+    mount = mounted.parent
+    versions = [p for p in mount.iterdir() if p.name.startswith("..v")]
+    version = mount / f"..v{len(versions) + 1}"
+    version.mkdir()
+    (version / "config.yaml").write_text(text)
+    link = mount / "..data_tmp"
+    link.symlink_to(version.name)
+    os.replace(link, mount / "..data")
+
+
 @dataclass
 class MasterPod:
     """One `bindha-rwx run` process playing a master pod."""
@@ -198,6 +224,7 @@ class MasterLab:
             rndc_port=9600 + int(ip.rsplit(".", 1)[1]),
             extra={"namespace": self.namespace, "cluster": "lab", "timing": self.timing,
                    "lease": {"name": self.lease_name}})
+        path = configmap_mount(path)
         proxy = ApiProxy(self._api_port, listen_host=self.address_pool.api_host)
         kubeconfig = work / "kubeconfig"
         data = yaml.safe_load(self.kubeconfig.read_text())
@@ -255,13 +282,11 @@ class MasterLab:
             discovery.create_namespaced_endpoint_slice(self.namespace, body)
 
     def rewrite_configs(self, change: Callable[[dict[str, Any]], None]) -> None:
-        """Change every pod's config.yaml in place by a swap, as a ConfigMap update does."""
+        """Change every pod's config.yaml by a symlink swap, as a ConfigMap update does."""
         for pod in self.pods:
             data = yaml.safe_load(pod.config_path.read_text())
             change(data)
-            tmp = pod.config_path.with_suffix(".new")
-            tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-            os.replace(tmp, pod.config_path)
+            configmap_update(pod.config_path, yaml.safe_dump(data, sort_keys=False))
 
     def stop(self) -> None:
         for pod in self.pods:

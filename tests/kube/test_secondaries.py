@@ -141,6 +141,17 @@ def test_a_zone_added_by_config_is_served_everywhere_and_a_bad_config_is_refused
                "the secondary serves the added zone")
     assert len(leader.named_processes()) == 1 and leader.has_event("config.applied")
 
+    # An ACL change applies without a restart too.
+    def add_acl(data):
+        data["acls"] = {"lab": ["10.213.0.0/16"]}
+        data["allowQuery"] = ["lab", "localhost"]
+
+    lab.rewrite_configs(add_acl)
+    wait_until(lambda: "allow-query { lab; localhost; };"
+               in leader.config.paths.named_conf.read_text(), 10, "ACL applied on the leader")
+    assert serial(leader.ip, "added.example.") is not None  # the test host is in the ACL
+    assert len(leader.named_processes()) == 1
+
     # A bad config (an unknown key): refused everywhere, the running one kept.
     lab.rewrite_configs(lambda data: data.update(zonez=[]))
     wait_until(lambda: all(p.has_event("config.refused") for p in lab.pods), 10,
@@ -152,8 +163,8 @@ def test_a_zone_added_by_config_is_served_everywhere_and_a_bad_config_is_refused
     assert refused and "zonez" in refused[0].message
 
     # Back to a good config without the added zone: it stops being served, files stay.
-    lab.rewrite_configs(lambda data: (data.pop("zonez"),
-                                      data["zones"].remove(new_zone)))
+    lab.rewrite_configs(lambda data: (data.pop("zonez"), data["zones"].remove(new_zone),
+                                      data.pop("acls"), data.pop("allowQuery")))
     wait_until(lambda: serial(leader.ip, "added.example.") is None, 10,
                "a removed zone stops being served")
     assert (lab.shared / "added.example.zone").exists(), "a removed zone's file is kept"

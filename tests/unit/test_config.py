@@ -257,3 +257,24 @@ def test_cli_reports_bad_config_without_traceback(tmp_path, key_files):
     assert f"invalid configuration in {config_file}:" in result.stderr
     assert "timing.leaseDuration: renewDeadline + stopTimeout = 6s + 3s" in result.stderr
     assert result.stdout == ""
+
+
+def test_acls_and_allow_query(key_files):
+    data = base(key_files)
+    data["acls"] = {"internal": ["10.0.0.0/8", "192.168.1.7"]}
+    data["allowQuery"] = ["internal", "localhost", "2001:db8::/32"]
+    config = parse(data)
+    assert config.acls == {"internal": ("10.0.0.0/8", "192.168.1.7/32")}
+    assert config.allow_query == ("internal", "localhost", "2001:db8::/32")
+    assert parse(base(key_files)).allow_query == ("any",)
+
+
+def test_bad_acls(key_files):
+    data = base(key_files)
+    data["acls"] = {"any": ["10.0.0.0/8"], "office": ["10.0.0.0/33"]}
+    data["allowQuery"] = ["officce"]
+    found = problems(data)
+    assert found[0].startswith("acls.any: 'any' is not a usable ACL name")
+    assert found[1] == ("acls.office[0]: '10.0.0.0/33' is not an IP address or CIDR such as "
+                        "10.0.0.0/8")
+    assert found[2].startswith("allowQuery[0]: 'officce' is not an ACL: define it under acls")

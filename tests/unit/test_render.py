@@ -58,6 +58,7 @@ def test_primary_passes_named_checkconf(config_data):
     assert "notify explicit;" in text and "notify-delay 0;" in text
     assert "notify-rate 1000;" in text  # a 10 ms pacing tick, not BIND's 0.5 s
     assert "recursion no;" in text
+    assert "allow-query { any; };" in text
     assert "listen-on port 53 { 10.0.0.5; 127.0.0.1; };" in text
     assert 'inet 127.0.0.1 port 953 allow { 127.0.0.1; } keys { "bindha-rndc"; };' in text
     assert f'file "{config.paths.dyn_dir}/example.com.zone";' in text
@@ -70,6 +71,16 @@ def test_primary_passes_named_checkconf(config_data):
             '10.0.0.10 port 53 key "transfer-key"; };') in text
     assert "channel to_stderr { stderr;" in text
     assert "secret" not in text  # keys are included, never inlined
+
+
+def test_acls_render_and_pass_named_checkconf(config_data):
+    config_data["acls"] = {"internal": ["10.0.0.0/8"], "office": ["192.0.2.0/24", "2001:db8::1"]}
+    config_data["allowQuery"] = ["internal", "office", "localhost"]
+    config = make(config_data)
+    for text in (render_primary(config), render_secondary(config, "10.0.0.7")):
+        check_conf(text)
+        assert "acl internal { 10.0.0.0/8; };" in text
+        assert "allow-query { internal; office; localhost; };" in text
 
 
 def test_primary_without_secondaries_or_pod_ip(config_data):
