@@ -99,6 +99,7 @@ class Master:
         self.finished = threading.Event()
         self.state = State.STANDBY
         self.named: NamedProcess | None = None
+        self._stuck: NamedProcess | None = None
         self.lock: StorageLock | None = None
         self.epoch: int | None = None
         self._next_epoch_check = 0.0
@@ -194,7 +195,23 @@ class Master:
         finally:
             self.finished.set()
 
+    def _reap_stuck(self) -> bool:
+        """True while a named that survived SIGKILL still runs (we then keep the lock)."""
+        stuck = self._stuck
+        if stuck is None:
+            return False
+        if stuck.running:
+            stuck.signal_now(signal.SIGKILL)
+            return True
+        self._stuck = None
+        if self.lock is not None:
+            self.lock.release()
+        log.info("named.gone", note="the stuck named ended; lock released")
+        return False
+
     def _step(self) -> None:
+        if self._reap_stuck():
+            return
         self._check_reload()
         holds = self.elector.holds()
         if self.state in (State.LEADER, State.BLOCKED) and not holds:
@@ -306,7 +323,12 @@ class Master:
         if named is not None:
             ended = named.kill(self.config.timing.stop_timeout)
             log.warning("named.killed", reason=reason, returncode=ended.returncode)
-        if self.lock is not None:
+            if named.running:
+                # Survived SIGKILL (stuck in I/O on a dead volume): it may still write, so
+                # the lock stays ours until it is gone (checked every tick, _reap_stuck).
+                self._stuck = named
+                log.error("named.unkillable", pid=named.pid, lock="kept until it is gone")
+        if self.lock is not None and self._stuck is None:
             self.lock.release()
         was = self.state
         self.epoch = None
