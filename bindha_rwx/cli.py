@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,6 +87,50 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"config file (default {DEFAULT_CONFIG_PATH})")
     secondary.set_defaults(handler=_secondary)
 
+    status = commands.add_parser(
+        "status", help="one screen: Lease, lock, epoch, pods, zone serials and lag",
+        description="Read-only. Works in a pod or from a workstation with a kubeconfig.")
+    status.add_argument("--config", default=str(DEFAULT_CONFIG_PATH),
+                        help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=_status)
+
+    fence = commands.add_parser(
+        "fence", help="the storage lock when automation may not decide: status, break",
+        description="`fence status` reads; `fence break --confirm-dead POD` moves to a new "
+                    "lock generation after its interlocks (see docs/runbooks/stale-lock.md).")
+    fence.add_argument("action", choices=("status", "break"))
+    fence.add_argument("--config", default=str(DEFAULT_CONFIG_PATH),
+                       help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    fence.add_argument("--confirm-dead", metavar="POD",
+                       help="(break) the pod that holds the lock and can no longer write")
+    fence.add_argument("--force", action="store_true",
+                       help="(break) override the interlocks (the pod looks alive)")
+    fence.add_argument("--yes", action="store_true", help="(break) do not ask")
+    fence.add_argument("--delete-pod", action="store_true",
+                       help="(break) also delete the dead pod with grace 0")
+    fence.add_argument("--json", action="store_true", help="machine-readable output")
+    fence.set_defaults(handler=_fence)
+
+    switchover = commands.add_parser(
+        "switchover", help="planned handover from the leader to a standby",
+        description="The leader leaves the Service, stops named, unlocks and releases the "
+                    "Lease; the chosen standby takes it. Others stay out meanwhile.")
+    switchover.add_argument("--to", metavar="POD", help="the standby to hand over to "
+                            "(default: the first ready one)")
+    switchover.add_argument("--config", default=str(DEFAULT_CONFIG_PATH),
+                            help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    switchover.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                            help="how long to wait for the new leader (default 30)")
+    switchover.set_defaults(handler=_switchover)
+    for name, text in (("pause", "maintenance: no automatic takeover until resume"),
+                       ("resume", "end maintenance: automatic takeover again")):
+        sub = commands.add_parser(name, help=text, description=text + ". The state lives "
+                                  "on the Lease's annotations; status shows it.")
+        sub.add_argument("--config", default=str(DEFAULT_CONFIG_PATH),
+                         help=f"config file (default {DEFAULT_CONFIG_PATH})")
+        sub.set_defaults(handler=_pause_resume)
+
     probe = commands.add_parser(
         "probe", help="exec probes: live (the watchdog) and ready",
         description="Exit 0 when healthy, 1 when not, with one line saying why. Answers in "
@@ -154,6 +199,96 @@ def _secondary(args: argparse.Namespace) -> int:
     from bindha_rwx.secondary import Secondary
 
     return Secondary(config, _api(), Path(args.config)).run()  # type: ignore[arg-type]
+
+
+def _ops(args: argparse.Namespace) -> object:
+    from bindha_rwx.ops import Ops
+
+    return Ops(_pod_config(args.config, ("POD_NAMESPACE",)), _api())  # type: ignore[arg-type]
+
+
+def _show(data: object, as_json: bool) -> None:
+    from bindha_rwx.ops import render_text
+
+    print(json.dumps(data, indent=2, default=str) if as_json else render_text(data))
+
+
+def _status(args: argparse.Namespace) -> int:
+    from bindha_rwx.ops import OpsError
+
+    try:
+        _show(_ops(args).status(), args.json)  # type: ignore[attr-defined]
+    except OpsError as exc:
+        print(f"bindha-rwx status: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _fence(args: argparse.Namespace) -> int:
+    from bindha_rwx.ops import OpsError
+
+    if args.action == "break" and not args.confirm_dead:
+        raise UsageError("fence break needs --confirm-dead POD: the pod whose lock to break")
+    ops = _ops(args)
+    try:
+        if args.action == "status":
+            _show(ops.fence_status(), args.json)  # type: ignore[attr-defined]
+            return EXIT_OK
+
+        def confirm(question: str) -> bool:
+            if args.yes:
+                return True
+            if not sys.stdin.isatty():
+                raise OpsError("no terminal to ask on: add --yes once you are sure")
+            return input(question).strip().lower() == "yes"
+
+        done = ops.fence_break(args.confirm_dead, args.force, confirm,  # type: ignore[attr-defined]
+                               args.delete_pod)
+    except OpsError as exc:
+        print(f"bindha-rwx fence {args.action}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"fence broken: lock generation {done['generation'][0]} -> {done['generation'][1]}, "
+          f"epoch {done['epoch']}; Lease cleared: {done['lease_cleared']}; pod deleted: "
+          f"{done['pod_deleted']}; recorded in .bindha/fence.log")
+    return EXIT_OK
+
+
+def _switchover(args: argparse.Namespace) -> int:
+    import time
+
+    from bindha_rwx.ops import OpsError
+
+    ops = _ops(args)
+    try:
+        before = ops.read_lease()  # type: ignore[attr-defined]
+        target = ops.switchover(args.to)  # type: ignore[attr-defined]
+        print(f"switchover requested: {before.holder} -> {target}")
+        deadline = time.monotonic() + args.wait
+        while time.monotonic() < deadline:
+            record = ops.read_lease()  # type: ignore[attr-defined]
+            if record is not None and record.holder == target:
+                print(f"{target} leads now")
+                return EXIT_OK
+            time.sleep(0.2)
+    except OpsError as exc:
+        print(f"bindha-rwx switchover: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"bindha-rwx switchover: {target} did not take the Lease within {args.wait:g}s; "
+          "see `bindha-rwx status` and its pod's log", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def _pause_resume(args: argparse.Namespace) -> int:
+    from bindha_rwx.ops import OpsError
+
+    try:
+        getattr(_ops(args), args.command)()
+    except OpsError as exc:
+        print(f"bindha-rwx {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print("paused: no automatic takeover until `bindha-rwx resume`" if args.command == "pause"
+          else "resumed: automatic takeover again")
+    return EXIT_OK
 
 
 def _probe(args: argparse.Namespace) -> int:

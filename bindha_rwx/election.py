@@ -46,6 +46,9 @@ EPOCH_ANNOTATION = "bindha.io/epoch"
 # The leader's pod IP, written with the acquiring write itself, so that secondaries
 # learn their new primary from the same watch event that tells them who leads.
 LEADER_IP_ANNOTATION = "bindha.io/leader-ip"
+# Operator state on the Lease (bindha-rwx pause / switchover), read by every candidate.
+PAUSED_ANNOTATION = "bindha.io/paused"
+SWITCHOVER_ANNOTATION = "bindha.io/switchover-to"
 log = get_logger("election")
 Clock = Callable[[], float]
 
@@ -182,6 +185,7 @@ class Elector:
         self._renewed_at = -math.inf
         self._annotations: dict[str, str] = dict(annotations or {})
         self._cooldown_until = -math.inf
+        self._switchover: tuple[str | None, float] = (None, 0.0)
         self.last_api_ok = -math.inf
         self.writes = 0
 
@@ -236,7 +240,10 @@ class Elector:
     def observe(self, record: LeaseRecord | None) -> None:
         """Feed a record seen by a GET, a write or the watch."""
         changed = False
+        target = record.annotations.get(SWITCHOVER_ANNOTATION) if record else None
         with self._lock:
+            if target != self._switchover[0]:
+                self._switchover = (target, self.clock())
             old = self._observed
             if record is None or old is None or record.resource_version != old.resource_version:
                 if record is not None and old is not None and record.resource_version and \
@@ -334,6 +341,8 @@ class Elector:
         with self._lock:
             annotations = dict(base.annotations if base else {})
             annotations.update(self._annotations)
+        if acquiring and annotations.get(SWITCHOVER_ANNOTATION) == self.identity:
+            del annotations[SWITCHOVER_ANNOTATION]  # the switchover is done: we are it
         transitions = base.transitions if base else 0
         acquire_time = base.acquire_time if base else None
         if acquiring and (base is None or base.holder != self.identity):
@@ -350,10 +359,27 @@ class Elector:
             renew_time=now,
         )
 
+    def _yields(self, record: LeaseRecord | None) -> bool:
+        """An operator's word keeps us from acquiring: paused, or a switchover to another.
+
+        A switchover that its target has not taken within 2 x leaseDuration (judged from
+        when we first saw it) is ignored, so a dead target cannot leave us leaderless.
+        """
+        if record is None or record.holder == self.identity:
+            return False
+        if record.annotations.get(PAUSED_ANNOTATION) == "true":
+            return True
+        with self._lock:
+            target, seen_at = self._switchover
+        return bool(target and target != self.identity
+                    and self.clock() - seen_at < 2 * self.timing.lease_duration)
+
     def _try_acquire(self) -> None:
         record = self.lease.get(self._call_timeout())
         self.observe(record)
         record, observed_at = self.observed()
+        if self._yields(record):
+            return
         if record is not None and record.holder and record.holder != self.identity \
                 and not self._expired(record, observed_at):
             return

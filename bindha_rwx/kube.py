@@ -95,9 +95,35 @@ class CoreCalls:
         return json.loads(response.data or b"null")
 
     def list_pods(self, namespace: str, selector: str) -> list[str]:
+        return [item["metadata"]["name"] for item in self.list_pod_objects(namespace, selector)]
+
+    def list_pod_objects(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         answer = self.request("GET", "/api/v1/namespaces/{namespace}/pods",
                               {"namespace": namespace}, query=[("labelSelector", selector)])
-        return [item["metadata"]["name"] for item in answer.get("items", [])]
+        return list(answer.get("items", []))
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.request("GET", "/api/v1/namespaces/{namespace}/pods/{name}",
+                                     {"namespace": namespace, "name": name}))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def get_node(self, name: str) -> dict[str, Any] | None:
+        """The Node, or None if it does not exist (or we may not read Nodes: 403)."""
+        try:
+            return dict(self.request("GET", "/api/v1/nodes/{name}", {"name": name}))
+        except ApiException as exc:
+            if exc.status in (403, 404):
+                return None
+            raise
+
+    def delete_pod(self, namespace: str, name: str, grace_seconds: int) -> None:
+        self.request("DELETE", "/api/v1/namespaces/{namespace}/pods/{name}",
+                     {"namespace": namespace, "name": name},
+                     body={"gracePeriodSeconds": grace_seconds})
 
     def patch_pod_labels(self, namespace: str, name: str, labels: dict[str, str]) -> None:
         self.request("PATCH", "/api/v1/namespaces/{namespace}/pods/{name}",
@@ -183,17 +209,24 @@ class Publisher:
         namespace = self.cfg.namespace
         if not pod or not namespace:
             return
-        now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        self.core.create_event(namespace, {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{pod}.", "namespace": namespace},
-            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": pod,
-                               "namespace": namespace},
-            "reason": item.reason, "message": item.message, "type": item.type,
-            "source": {"component": COMPONENT, "host": self.cfg.pod.node},
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-            "reportingComponent": COMPONENT, "reportingInstance": pod,
-        })
+        self.core.create_event(namespace, event_body(namespace, pod, item.reason, item.message,
+                                                     item.type, self.cfg.pod.node, pod))
+
+def event_body(namespace: str, pod: str, reason: str, message: str, type_: str,
+               host: str | None, reporter: str) -> dict[str, Any]:
+    """A core/v1 Event about ``pod``."""
+    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{pod}.", "namespace": namespace},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": pod,
+                           "namespace": namespace},
+        "reason": reason, "message": message, "type": type_,
+        "source": {"component": COMPONENT, "host": host},
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        "reportingComponent": COMPONENT, "reportingInstance": reporter,
+    }
+
 
 def _short(exc: Exception) -> str:
     if isinstance(exc, ApiException):

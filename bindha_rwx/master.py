@@ -41,6 +41,7 @@ from bindha_rwx.discovery import EndpointsWatcher
 from bindha_rwx.election import (
     EPOCH_ANNOTATION,
     LEADER_IP_ANNOTATION,
+    SWITCHOVER_ANNOTATION,
     Elector,
     LeaseClient,
     LeaseWatcher,
@@ -277,6 +278,11 @@ class Master:
 
     def _lead(self) -> None:
         now = time.monotonic()
+        record, _ = self.elector.observed()
+        target = record.annotations.get(SWITCHOVER_ANNOTATION) if record else None
+        if target and target != self.config.pod.name:
+            self._hand_over(target)
+            return
         if now >= self._next_epoch_check:
             self._next_epoch_check = now + self.config.timing.retry_period
             epoch = self.volume.read_epoch()
@@ -316,6 +322,27 @@ class Master:
             self._drop_leadership("named keeps crashing", step_down=True)
         else:
             self._restart_at = now + delay
+
+    def _hand_over(self, target: str) -> None:
+        """A switchover: leave the Service, stop named gracefully, unlock, release."""
+        timing = self.config.timing
+        log.info("switchover.start", to=target)
+        self.publisher.event("SwitchoverStarted", f"handing over to {target}")
+        labelled = self._set_role_standby(publish=True)
+        if labelled is not None:
+            labelled.wait(timing.retry_period)
+        named, self.named = self.named, None
+        if named is not None:
+            ended = named.stop(timing.stop_timeout)
+            log.info("named.stopped", reason=ended.reason, returncode=ended.returncode)
+            if named.running:
+                self._stuck = named
+        if self.lock is not None and self._stuck is None:
+            self.lock.release()
+        self.epoch = None
+        self._restart_at = None
+        # Stay out until the target has it; _yields() would also stop us re-acquiring.
+        self.elector.step_down(cooldown=2 * timing.lease_duration)
 
     def _drop_leadership(self, reason: str, step_down: bool) -> None:
         """Lost the Lease, self-fenced or stepping down: named dies before the lock goes."""

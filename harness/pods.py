@@ -237,6 +237,7 @@ class MasterLab:
                 "bindha.io/cluster": "lab", "bindha.io/component": kind}),
             spec=client.V1PodSpec(containers=[client.V1Container(name="bind",
                                                                   image="bindha-rwx")])))
+        self.set_pod_status(name, ip, ready=True)
         pod = MasterPod(name=name, ip=ip, namespace=self.namespace, config_path=path,
                         kubeconfig=kubeconfig, proxy=proxy, work_dir=work, command=command,
                         wrap=self.address_pool.wrap)
@@ -248,6 +249,14 @@ class MasterLab:
         for pod in new:
             pod.start()
         return new
+
+    def set_pod_status(self, name: str, ip: str, ready: bool) -> None:
+        """What a kubelet would report (none runs here): Running, the pod IP, Ready."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.core.patch_namespaced_pod_status(name, self.namespace, {"status": {
+            "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False",
+                            "lastTransitionTime": now}]}})
 
     def start_secondaries(self, count: int) -> list[MasterPod]:
         new = [self.add_pod(command="secondary") for _ in range(count)]

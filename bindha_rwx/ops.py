@@ -1,0 +1,328 @@
+"""Operator commands: status, fence status, fence break.
+
+For an operator during an incident: every command here is safe to run when unsure.
+`status` and `fence status` only read. `fence break` changes the shared volume and the
+Lease, and only after its interlocks agree and the operator confirmed; it says what it
+found, what it refused or did, and records the action in `dyn/.bindha/fence.log` and
+as an Event.
+
+It works from a master pod (`kubectl exec`, the shared volume mounted) or from a
+workstation with a kubeconfig (then the volume's side is reported as not reachable,
+and `fence break`, which must write there, refuses).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client
+
+from bindha_rwx.config import Config
+from bindha_rwx.election import (
+    EPOCH_ANNOTATION,
+    LEADER_IP_ANNOTATION,
+    PAUSED_ANNOTATION,
+    SWITCHOVER_ANNOTATION,
+    ApiUnavailable,
+    Conflict,
+    LeaseClient,
+    LeaseRecord,
+)
+from bindha_rwx.fencing import FenceError, SharedVolume
+from bindha_rwx.kube import CLUSTER_LABEL, COMPONENT_LABEL, CoreCalls, event_body
+
+API_TIMEOUT = 5.0
+
+
+class OpsError(Exception):
+    """A command refused or could not act; the message says why and what to do."""
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    for condition in pod.get("status", {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return condition.get("status") == "True"
+    return False
+
+
+def pod_summary(pod: dict[str, Any], role_key: str) -> dict[str, Any]:
+    meta, status = pod.get("metadata", {}), pod.get("status", {})
+    return {"name": meta.get("name"), "role": (meta.get("labels") or {}).get(role_key),
+            "phase": status.get("phase"), "ready": _ready(pod),
+            "node": pod.get("spec", {}).get("nodeName"), "ip": status.get("podIP")}
+
+
+def _soa_serial(ip: str | None, zone: str, port: int) -> int | None:
+    if not ip:
+        return None
+    import dns.exception
+    import dns.message
+    import dns.query
+    import dns.rcode
+
+    try:
+        answer = dns.query.udp(dns.message.make_query(zone, "SOA"), ip, port=port, timeout=0.5)
+    except (dns.exception.DNSException, OSError):
+        return None
+    if answer.rcode() != dns.rcode.NOERROR or not answer.answer:
+        return None
+    return int(answer.answer[0][0].serial)
+
+
+class Ops:
+    def __init__(self, config: Config, api: client.ApiClient) -> None:
+        if not config.namespace:
+            raise OpsError("no namespace: set POD_NAMESPACE or namespace in the config")
+        self.config = config
+        self.namespace = config.namespace
+        self.lease = LeaseClient(api, config.namespace, config.lease_name)
+        self.core = CoreCalls(api, API_TIMEOUT)
+        self.volume = SharedVolume(config.paths.dyn_dir)
+
+    # -- reading ---------------------------------------------------------------
+
+    def read_lease(self) -> LeaseRecord | None:
+        try:
+            return self.lease.get(API_TIMEOUT)
+        except ApiUnavailable as exc:
+            raise OpsError(f"cannot read Lease {self.namespace}/{self.config.lease_name}: "
+                           f"{exc}; check KUBECONFIG and the API server") from None
+
+    def renewing(self, record: LeaseRecord | None, watch_for: float | None = None) -> bool:
+        """Is the holder still renewing? Watched for two retryPeriods (plus a margin)."""
+        if record is None or not record.holder:
+            return False
+        deadline = time.monotonic() + (watch_for or 2 * self.config.timing.retry_period + 0.5)
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = self.read_lease()
+            if now is None or now.holder != record.holder:
+                return False
+            if now.resource_version != record.resource_version:
+                return True
+        return False
+
+    def volume_view(self) -> dict[str, Any]:
+        if not self.volume.meta_dir.is_dir():
+            return {"reachable": False,
+                    "note": f"{self.volume.meta_dir} is not here: run this in a master pod "
+                            "(kubectl exec) to see the lock owner and epoch"}
+        try:
+            owner = self.volume.read_owner()
+            return {"reachable": True, "epoch": self.volume.read_epoch(),
+                    "generation": self.volume.read_generation(),
+                    "owner": owner.__dict__ if owner else None}
+        except FenceError as exc:
+            return {"reachable": True, "error": str(exc)}
+
+    def pods(self, component: str) -> list[dict[str, Any]]:
+        selector = f"{CLUSTER_LABEL}={self.config.cluster},{COMPONENT_LABEL}={component}"
+        items = self.core.list_pod_objects(self.namespace, selector)
+        return sorted((pod_summary(p, self.config.role_label.key) for p in items),
+                      key=lambda p: p["name"] or "")
+
+    def status(self) -> dict[str, Any]:
+        record = self.read_lease()
+        lease: dict[str, Any] = {"name": self.config.lease_name, "exists": record is not None}
+        leader_ip = None
+        if record is not None:
+            age = None
+            if record.renew_time is not None:
+                age = round((datetime.now(UTC) - record.renew_time).total_seconds(), 1)
+            leader_ip = record.annotations.get(LEADER_IP_ANNOTATION) if record.holder else None
+            lease.update(holder=record.holder, transitions=record.transitions,
+                         renew_time=record.renew_time.isoformat() if record.renew_time else None,
+                         renew_age_seconds_by_this_clock=age,
+                         epoch=record.annotations.get(EPOCH_ANNOTATION), leader_ip=leader_ip,
+                         paused=record.annotations.get(PAUSED_ANNOTATION) == "true",
+                         switchover_to=record.annotations.get(SWITCHOVER_ANNOTATION))
+        masters, secondaries = self.pods("master"), self.pods("secondary")
+        zones = []
+        for zone in self.config.zones:
+            leader_serial = _soa_serial(leader_ip, zone.name, self.config.ports.dns)
+            rows = []
+            for pod in secondaries:
+                serial = _soa_serial(pod["ip"], zone.name, self.config.ports.dns)
+                rows.append({"pod": pod["name"], "serial": serial,
+                             "lag": None if serial is None or leader_serial is None
+                             else leader_serial - serial,
+                             "reachable": serial is not None})
+            zones.append({"zone": zone.name, "leader_serial": leader_serial,
+                          "leader_reachable": leader_serial is not None,
+                          "secondaries": rows})
+        return {"lease": lease, "volume": self.volume_view(), "masters": masters,
+                "secondaries": secondaries, "zones": zones}
+
+    def fence_status(self) -> dict[str, Any]:
+        record = self.read_lease()
+        volume = self.volume_view()
+        holder = record.holder if record else None
+        owner = (volume.get("owner") or {}).get("pod") if volume.get("reachable") else None
+        found: dict[str, Any] = {"lease_holder": holder,
+                                 "lease_renewing": self.renewing(record),
+                                 "lock_owner": owner, "volume": volume}
+        for key, name in (("holder_pod", holder), ("owner_pod", owner)):
+            if name:
+                found[key] = self._pod_liveness(name)
+        return found
+
+    def _pod_liveness(self, name: str) -> dict[str, Any]:
+        pod = self.core.get_pod(self.namespace, name)
+        if pod is None:
+            return {"exists": False}
+        summary = pod_summary(pod, self.config.role_label.key)
+        node_ready = None
+        if summary["node"]:
+            node = self.core.get_node(summary["node"])
+            if node is not None:
+                node_ready = _ready(node)
+        return {"exists": True, "phase": summary["phase"], "ready": summary["ready"],
+                "node": summary["node"], "node_ready": node_ready}
+
+    # -- pause, resume, switchover -------------------------------------------------
+
+    def _annotate(self, change: Callable[[dict[str, str]], None]) -> LeaseRecord:
+        """Change the Lease's annotations by compare-and-swap, retrying on conflicts."""
+        for _ in range(10):
+            record = self.read_lease()
+            if record is None:
+                raise OpsError(f"Lease {self.namespace}/{self.config.lease_name} does not "
+                               "exist: no master has run yet")
+            annotations = dict(record.annotations)
+            change(annotations)
+            try:
+                return self.lease.replace(replace(record, annotations=annotations),
+                                          API_TIMEOUT)
+            except Conflict:
+                continue  # a renewal came first: read again
+            except ApiUnavailable as exc:
+                raise OpsError(f"cannot write the Lease: {exc}") from None
+        raise OpsError("the Lease kept changing under us (10 conflicts): try again")
+
+    def pause(self) -> LeaseRecord:
+        """No automatic takeover until resume: the leader goes on, nobody else acquires."""
+        by = f"{getpass.getuser()}@{socket.gethostname()}"
+        return self._annotate(lambda a: a.update({PAUSED_ANNOTATION: "true",
+                                                   f"{PAUSED_ANNOTATION}-by": by}))
+
+    def resume(self) -> LeaseRecord:
+        def clear(a: dict[str, str]) -> None:
+            a.pop(PAUSED_ANNOTATION, None)
+            a.pop(f"{PAUSED_ANNOTATION}-by", None)
+        return self._annotate(clear)
+
+    def switchover(self, to: str | None) -> str:
+        """Ask the leader to hand over to ``to`` (default: the first ready standby)."""
+        record = self.read_lease()
+        if record is None or not record.holder:
+            raise OpsError("there is no leader to switch over from")
+        if record.annotations.get(PAUSED_ANNOTATION) == "true":
+            raise OpsError("the cluster is paused: `bindha-rwx resume` first")
+        masters = {p["name"]: p for p in self.pods("master")}
+        if to is None:
+            ready = [n for n, p in masters.items() if n != record.holder and p["ready"]]
+            if not ready:
+                raise OpsError("no ready standby master to switch over to")
+            to = ready[0]
+        if to == record.holder:
+            raise OpsError(f"{to} already leads")
+        if to not in masters:
+            raise OpsError(f"{to} is not a master pod of cluster {self.config.cluster} "
+                           f"(masters: {', '.join(masters) or 'none'})")
+        if not masters[to]["ready"]:
+            raise OpsError(f"{to} is not Ready: it could not take over; pick another "
+                           "with --to, or fix it first")
+        self._annotate(lambda a: a.update({SWITCHOVER_ANNOTATION: to}))
+        return to
+
+    # -- fence break -------------------------------------------------------------
+
+    def fence_break(self, dead_pod: str, force: bool, confirm: Callable[[str], bool],
+                    delete_pod: bool) -> dict[str, Any]:
+        """Move to a new lock generation so a standby can lock, after the interlocks."""
+        if not self.volume.meta_dir.is_dir():
+            raise OpsError(f"{self.volume.meta_dir} is not here: fence break writes the "
+                           "shared volume; run it in a standby master pod (kubectl exec)")
+        record = self.read_lease()
+        owner = self.volume.read_owner()
+        if owner is None or owner.pod != dead_pod:
+            raise OpsError(f"the lock owner is {owner.pod if owner else 'nobody'}, not "
+                           f"{dead_pod}: nothing to break; check `bindha-rwx fence status`")
+        problems = []
+        if record is not None and record.holder == dead_pod and self.renewing(record):
+            problems.append(f"{dead_pod} still renews the Lease: it is alive")
+        liveness = self._pod_liveness(dead_pod)
+        if liveness.get("exists") and liveness.get("phase") == "Running" and \
+                liveness.get("ready") and liveness.get("node_ready") is not False:
+            problems.append(f"{dead_pod} is Running and Ready on a Ready node")
+        if problems and not force:
+            raise OpsError("refused: " + "; ".join(problems) + ". If you are sure its node is "
+                           "off or its storage access revoked (docs/runbooks/stale-lock.md), "
+                           "add --force")
+        question = (f"{dead_pod} (node {owner.node}, epoch {owner.epoch}) holds the storage "
+                    f"lock. Breaking it is safe only if that pod can no longer write: its "
+                    f"node is off, or its storage access is revoked. Break it? [yes/no] ")
+        if not confirm(question):
+            raise OpsError("not confirmed: nothing was changed")
+        old_generation = self.volume.read_generation()
+        generation = old_generation + 1
+        self.volume.write_generation(generation)
+        epoch = self.volume.bump_epoch()
+        cleared = False
+        if record is not None and record.holder == dead_pod:
+            try:
+                self.lease.replace(replace(record, holder=None, lease_duration=1),
+                                   API_TIMEOUT)
+                cleared = True
+            except (Conflict, ApiUnavailable):
+                cleared = False
+        deleted = False
+        if delete_pod:
+            self.core.delete_pod(self.namespace, dead_pod, 0)
+            deleted = True
+        action = {"time": datetime.now(UTC).isoformat(timespec="seconds"),
+                  "by": f"{getpass.getuser()}@{socket.gethostname()}", "dead_pod": dead_pod,
+                  "old_owner": owner.__dict__, "generation": [old_generation, generation],
+                  "epoch": epoch, "forced": bool(problems), "overridden": problems,
+                  "lease_cleared": cleared, "pod_deleted": deleted}
+        with open(self.volume.meta_dir / "fence.log", "a", encoding="utf-8") as log:
+            log.write(json.dumps(action) + "\n")
+            log.flush()
+            os.fsync(log.fileno())
+        try:
+            self.core.create_event(self.namespace, event_body(
+                self.namespace, dead_pod, "FenceBroken",
+                f"storage lock of {dead_pod} broken: generation {old_generation} -> "
+                f"{generation}, epoch {epoch}, by {action['by']}", "Warning", None,
+                "bindha-rwx-fence"))
+        except Exception as exc:  # the volume change is done; the Event is a record
+            action["event_error"] = str(exc)[:200]
+        return action
+
+
+def render_text(data: Any, indent: int = 0) -> str:
+    """A plain, stable, indented view of a status dict for people."""
+    pad = "  " * indent
+    if isinstance(data, dict):
+        lines = []
+        for key, value in data.items():
+            if isinstance(value, dict | list) and value:
+                lines.append(f"{pad}{key}:")
+                lines.append(render_text(value, indent + 1))
+            else:
+                lines.append(f"{pad}{key}: {value}")
+        return "\n".join(lines)
+    if isinstance(data, list):
+        return "\n".join(
+            (f"{pad}- " + render_text(item, indent + 1).lstrip()) if isinstance(item, dict)
+            else f"{pad}- {item}" for item in data)
+    return f"{pad}{data}"
+
