@@ -96,6 +96,7 @@ class RoleLabel:
 class Ports:
     dns: int = 53
     rndc: int = 953
+    metrics: int = 9110  # Prometheus /metrics of the supervisor; 0 turns it off
 
 
 @dataclass(frozen=True)
@@ -463,11 +464,15 @@ class _Reader:
         return label
 
     def ports(self, value: Any) -> Ports:
-        data = self.mapping(value, "ports", ("dns", "rndc"))
+        data = self.mapping(value, "ports", ("dns", "rndc", "metrics"))
         ports = Ports(dns=self.integer(data, "dns", "ports", 53, 1, 65535),
-                      rndc=self.integer(data, "rndc", "ports", 953, 1, 65535))
+                      rndc=self.integer(data, "rndc", "ports", 953, 1, 65535),
+                      metrics=self.integer(data, "metrics", "ports", 9110, 0, 65535))
         if ports.dns == ports.rndc:
             self.problem("ports.rndc", f"{ports.rndc} equals ports.dns: use another port")
+        if ports.metrics in (ports.dns, ports.rndc):
+            self.problem("ports.metrics", f"{ports.metrics} is taken by ports.dns or "
+                         "ports.rndc: use another port, or 0 to turn metrics off")
         return ports
 
     def keys(self, value: Any) -> dict[str, TsigKey]:

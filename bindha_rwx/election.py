@@ -41,6 +41,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from bindha_rwx.config import Timing
 from bindha_rwx.log import get_logger
+from bindha_rwx.metrics import Metrics
 
 EPOCH_ANNOTATION = "bindha.io/epoch"
 # The leader's pod IP, written with the acquiring write itself, so that secondaries
@@ -165,7 +166,8 @@ class Elector:
                  clock: Clock = time.monotonic,
                  on_change: Callable[[], None] | None = None,
                  heartbeat: Callable[[float], None] | None = None,
-                 annotations: dict[str, str] | None = None) -> None:
+                 annotations: dict[str, str] | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.lease = lease
         self.identity = identity
         self.timing = timing
@@ -184,6 +186,7 @@ class Elector:
         self._observed_at = 0.0
         self._renewed_at = -math.inf
         self._annotations: dict[str, str] = dict(annotations or {})
+        self.metrics = metrics or Metrics()
         self._cooldown_until = -math.inf
         self._switchover: tuple[str | None, float] = (None, 0.0)
         self.last_api_ok = -math.inf
@@ -259,6 +262,8 @@ class Elector:
                 self._renewed_at = -math.inf
                 log.warning("lease.lost", holder=record.holder if record else None,
                             reason="the Lease has another holder, or was deleted")
+        if changed and record is not None:
+            self.metrics.set("leader_transitions", record.transitions)
         if changed:
             if (old.holder if old else None) != (record.holder if record else None):
                 log.info("lease.holder_seen", holder=record.holder if record else None,
@@ -299,8 +304,11 @@ class Elector:
                 self.last_api_ok = self.clock()
             except ApiUnavailable as exc:
                 log.warning("lease.api_error", error=str(exc), leading=leading)
+                if leading:
+                    self.metrics.inc("renew_failures_total")
             except Conflict:
-                pass  # someone else wrote first; the GET of the next turn shows who
+                if leading:
+                    self.metrics.inc("renew_failures_total")
             self._wait_next(now)
         self.heartbeat(self.clock())
 
@@ -418,6 +426,8 @@ class Elector:
         with self._lock:
             if self._role is Role.LEADER:
                 self._renewed_at = sent
+        self.metrics.inc("renewals_total")
+        self.metrics.set("renew_latency_seconds", self.clock() - sent)
         self.observe(written)
 
     def _lose(self, reason: str) -> None:

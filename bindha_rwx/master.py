@@ -50,6 +50,7 @@ from bindha_rwx.fencing import FenceError, Owner, SharedVolume, StorageLock
 from bindha_rwx.files import atomic_write
 from bindha_rwx.kube import Publisher
 from bindha_rwx.log import get_logger
+from bindha_rwx.metrics import Metrics
 from bindha_rwx.named import NamedError, NamedProcess, RestartPolicy, Rndc
 from bindha_rwx.probes import RunState, RuntimeFiles, write_role_file
 from bindha_rwx.reaper import reap_orphans
@@ -84,9 +85,11 @@ class Master:
         self.runtime = RuntimeFiles(config.paths.work_dir)
         self.lease = LeaseClient(api, config.namespace, config.lease_name)
         self._wake = threading.Event()
+        self.metrics = Metrics()
         self.elector = Elector(self.lease, config.pod.name, timing,
                                on_change=self._wake.set, heartbeat=self.runtime.beat,
-                               annotations={LEADER_IP_ANNOTATION: config.pod.ip or ""})
+                               annotations={LEADER_IP_ANNOTATION: config.pod.ip or ""},
+                               metrics=self.metrics)
         self.watcher = LeaseWatcher(self.lease, self.elector.observe, timing)
         self.publisher = Publisher(api, config, timeout=timing.retry_period)
         self.endpoints = EndpointsWatcher(api, config.namespace, config.secondaries.service,
@@ -120,6 +123,10 @@ class Master:
                  lease=self.config.lease_name, dyn_dir=str(self.config.paths.dyn_dir),
                  timing=vars(self.config.timing))
         self._set_role_standby(publish=True)
+        if self.config.ports.metrics:
+            address = self.config.pod.ip or self.config.local_address
+            port = self.metrics.serve(address, self.config.ports.metrics)
+            log.info("metrics.listening", url=f"http://{address}:{port}/metrics")
         threads = [
             threading.Thread(target=self.elector.run, name="elector", daemon=True),
             threading.Thread(target=self.watcher.run, name="watcher", daemon=True),
@@ -250,6 +257,7 @@ class Master:
         self.elector.set_annotation(EPOCH_ANNOTATION, str(epoch))
         blocked_for = (time.monotonic() - self._blocked_since) if self._blocked_since else 0.0
         self._blocked_since = None
+        self.metrics.inc("fence_blocked_seconds_total", blocked_for)
         log.info("fence.acquired", epoch=epoch, generation=generation,
                  blocked_seconds=round(blocked_for, 3))
         self._bootstrap_zones()
@@ -315,6 +323,7 @@ class Master:
                 self.restarts.reset()
             return
         self.named = None
+        self.metrics.inc("named_restarts_total")
         delay = self.restarts.record_crash()
         log.error("named.crashed", returncode=ended.returncode, restart_in=delay)
         self.publisher.event("NamedCrashed", f"named exited with {ended.returncode}", "Warning")
@@ -397,6 +406,7 @@ class Master:
         if was_leader:
             self.publisher.event("LeaderReleased", "graceful handover on termination")
         self.publisher.stop()
+        self.metrics.close()
         log.info("supervisor.stopped", seconds=round(time.monotonic() - started, 3),
                  was_leader=was_leader)
 
@@ -439,7 +449,7 @@ class Master:
         self._next_reload_check = now + self.config.timing.retry_period
         merged = candidate(self.source, self.config,
                            lambda c: render_primary(c, also_notify=self.targets),
-                           self.publisher.event)
+                           self._event)
         if merged is None:
             return
         previous = self.config
@@ -451,13 +461,29 @@ class Master:
                 self._reconfig()
             except (BindToolError, NamedError, OSError) as exc:
                 self.config = previous
-                refused(self.publisher.event, "applying the new config failed", exc)
+                refused(self._event, "applying the new config failed", exc)
                 self._write_named_conf()
                 return
-        applied(self.publisher.event, previous, merged, self.state.value)
+        applied(self._event, previous, merged, self.state.value)
+
+    def _event(self, reason: str, message: str, type_: str) -> None:
+        """Publish an Event; config outcomes also count in the metrics."""
+        if reason in ("ConfigApplied", "ConfigRefused"):
+            ok = reason == "ConfigApplied"
+            self.metrics.set("config_reload_success", 1 if ok else 0)
+            self.metrics.inc("config_reloads_total", result="applied" if ok else "refused")
+        self.publisher.event(reason, message, type_)
 
     def _write_state(self) -> None:
         now = time.monotonic()
+        role = "leader" if self.state is State.LEADER else "standby"
+        for value in (self.config.role_label.leader, self.config.role_label.standby):
+            self.metrics.set("role", 1 if value == getattr(self.config.role_label, role) else 0,
+                             role=value)
+        self.metrics.set("epoch", self.epoch or 0)
+        self.metrics.set("fence_blocked_seconds",
+                         now - self._blocked_since if self._blocked_since else 0)
+        self.metrics.set("also_notify_targets", len(self._rendered_targets or ()))
         self.runtime.write_state(RunState(
             role="leader" if self.state is State.LEADER else "standby",
             state=self.state.value, pid=os.getpid(),

@@ -197,3 +197,32 @@ def test_named_crash_is_restarted_then_a_crash_loop_steps_down(lab: MasterLab):
     assert lab.leader(timeout=15) is standby
     assert leader.has_event("leader.dropped")
     assert leader.named_processes() == []
+
+
+def scrape(pod) -> dict[str, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{pod.ip}:9110/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+def test_metrics_say_who_leads(lab: MasterLab):
+    lab.start(2)
+    leader = lab.leader()
+    standby = next(p for p in lab.pods if p is not leader)
+    wait_until(lambda: scrape(leader).get("bindha_renewals_total", 0) >= 2, 5, "renewals")
+    mine, theirs = scrape(leader), scrape(standby)
+    assert mine['bindha_role{role="leader"}'] == 1 and mine['bindha_role{role="standby"}'] == 0
+    assert theirs['bindha_role{role="standby"}'] == 1
+    assert mine["bindha_epoch"] == lab.volume.read_epoch() and theirs["bindha_epoch"] == 0
+    assert 0 < mine["bindha_renew_latency_seconds"] < T["deadline"]
+    assert theirs.get("bindha_renewals_total", 0) == 0
+    leader.named_processes()[0].kill()
+    wait_until(lambda: scrape(leader).get("bindha_named_restarts_total", 0) == 1, 5,
+               "a named restart is counted")

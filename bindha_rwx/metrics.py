@@ -1,0 +1,97 @@
+"""Prometheus metrics: a few named values and the text exposition format, served over
+HTTP by a daemon thread. Scrapes never touch the supervisor's other threads: they read
+numbers under a short lock. The bottom layer: it imports nothing from the package.
+"""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+PREFIX = "bindha"
+
+# name -> (type, help)
+DEFINITIONS: dict[str, tuple[str, str]] = {
+    "role": ("gauge", "1 for the role this pod has now, per role label"),
+    "leader_transitions": ("gauge", "leaseTransitions of the Lease, as last seen"),
+    "renewals_total": ("counter", "successful Lease renewals by this pod"),
+    "renew_failures_total": ("counter", "failed Lease renewal attempts by this pod"),
+    "renew_latency_seconds": ("gauge", "duration of the last successful Lease renewal"),
+    "fence_blocked_seconds": ("gauge", "seconds this pod has been blocked on the fence now"),
+    "fence_blocked_seconds_total": ("counter", "seconds spent blocked on the fence, ended"),
+    "named_restarts_total": ("counter", "named crashes that led to a restart or step-down"),
+    "config_reload_success": ("gauge", "1 if the last config change was applied, 0 refused"),
+    "config_reloads_total": ("counter", "config changes seen, per result"),
+    "also_notify_targets": ("gauge", "addresses in also-notify (the secondaries' IPs)"),
+    "epoch": ("gauge", "fencing epoch this pod holds (0 when not leading)"),
+}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._server: ThreadingHTTPServer | None = None
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        assert name in DEFINITIONS, name
+        with self._lock:
+            self._values[(name, tuple(sorted(labels.items())))] = float(value)
+
+    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
+        assert name in DEFINITIONS, name
+        key = (name, tuple(sorted(labels.items())))
+        with self._lock:
+            self._values[key] = self._values.get(key, 0.0) + amount
+
+    def get(self, name: str, **labels: str) -> float:
+        with self._lock:
+            return self._values.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def render(self) -> str:
+        with self._lock:
+            values = dict(self._values)
+        lines = []
+        for name, (kind, text) in DEFINITIONS.items():
+            full = f"{PREFIX}_{name}"
+            lines += [f"# HELP {full} {text}", f"# TYPE {full} {kind}"]
+            for (metric, labels), value in sorted(values.items()):
+                if metric != name:
+                    continue
+                label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+                lines.append(f"{full}{{{label_text}}} {value:g}" if label_text
+                             else f"{full} {value:g}")
+        return "\n".join(lines) + "\n"
+
+    def serve(self, address: str, port: int) -> int:
+        """Serve GET /metrics on address:port (0: any free port); returns the port."""
+        metrics = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404, "only /metrics here")
+                    return
+                body = metrics.render().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: object) -> None:
+                pass  # scrapes are not events
+
+        self._server = ThreadingHTTPServer((address, port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
+        return int(self._server.server_address[1])
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
