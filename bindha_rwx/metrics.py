@@ -5,6 +5,7 @@ numbers under a short lock. The bottom layer: it imports nothing from the packag
 
 from __future__ import annotations
 
+import socketserver
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -82,8 +83,7 @@ class Metrics:
             def log_message(self, *_args: object) -> None:
                 pass  # scrapes are not events
 
-        self._server = ThreadingHTTPServer((address, port), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server((address, port), Handler)
         threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
         return int(self._server.server_address[1])
 
@@ -91,6 +91,19 @@ class Metrics:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+class _Server(ThreadingHTTPServer):
+    """HTTPServer.server_bind() looks up the address's FQDN: a reverse DNS query that
+    blocked the supervisor's start for 10 s where no resolver answers (seen in the
+    tests' network namespaces). The name is never used; skip the lookup."""
+
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
 
 
 def _escape(value: str) -> str:

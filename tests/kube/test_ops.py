@@ -70,9 +70,11 @@ def test_fence_break_lets_the_standby_take_over_from_a_frozen_leader(lab: Master
     assert wrong.returncode == 1 and f"the lock owner is {leader.name}" in wrong.stderr
 
     epoch_before = lab.volume.read_epoch()
-    done = cli(standby, "fence", "break", "--confirm-dead", leader.name, "--yes")
+    done = cli(standby, "fence", "break", "--confirm-dead", leader.name, "--yes",
+               "--delete-pod")
     assert done.returncode == 0, done.stderr
-    assert "lock generation 0 -> 1" in done.stdout
+    assert "lock generation 0 -> 1" in done.stdout and "pod deleted: True" in done.stdout
+    assert leader.name not in lab.role_labels()
     assert lab.volume.read_generation() == 1
     # The frozen named is still a process (a dead node's would be gone or cut off).
     wait_until(lambda: standby.has_event("named.serving") and lab.holder() == standby.name,
