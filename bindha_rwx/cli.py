@@ -45,6 +45,11 @@ def _ip(value: str) -> str:
     return addresses[0]
 
 
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG_PATH),
+                        help=f"config file (default {DEFAULT_CONFIG_PATH})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bindha-rwx",
@@ -58,8 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the named.conf this pod would run, checked by named-checkconf. "
                     "It reads the config and the pod's env (POD_NAME, POD_NAMESPACE, POD_IP, "
                     "NODE_NAME) and writes nothing.")
-    render.add_argument("--config", default=str(DEFAULT_CONFIG_PATH),
-                        help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    _add_config(render)
     render.add_argument("--role", choices=("primary", "secondary"), required=True)
     render.add_argument("--primary", type=_ip, metavar="IP",
                         help="the leader's pod IP (role secondary)")
@@ -74,8 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Elect a leader with the Lease, fence the shared volume, and run named "
                     "only while this pod holds both. Needs POD_NAME, POD_NAMESPACE (or "
                     "namespace in the config) and POD_IP. SIGTERM hands over gracefully.")
-    run.add_argument("--config", default=str(DEFAULT_CONFIG_PATH),
-                     help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    _add_config(run)
     run.set_defaults(handler=_run)
 
     secondary = commands.add_parser(
@@ -83,15 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run named with every zone as a secondary of the current leader (from "
                     "the Lease), re-pointed within one watch event when the leader changes. "
                     "Needs POD_IP and POD_NAMESPACE (or namespace in the config).")
-    secondary.add_argument("--config", default=str(DEFAULT_CONFIG_PATH),
-                           help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    _add_config(secondary)
     secondary.set_defaults(handler=_secondary)
 
     status = commands.add_parser(
         "status", help="one screen: Lease, lock, epoch, pods, zone serials and lag",
         description="Read-only. Works in a pod or from a workstation with a kubeconfig.")
-    status.add_argument("--config", default=str(DEFAULT_CONFIG_PATH),
-                        help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    _add_config(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_status)
 
@@ -100,8 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="`fence status` reads; `fence break --confirm-dead POD` moves to a new "
                     "lock generation after its interlocks (see docs/runbooks/stale-lock.md).")
     fence.add_argument("action", choices=("status", "break"))
-    fence.add_argument("--config", default=str(DEFAULT_CONFIG_PATH),
-                       help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    _add_config(fence)
     fence.add_argument("--confirm-dead", metavar="POD",
                        help="(break) the pod that holds the lock and can no longer write")
     fence.add_argument("--force", action="store_true",
@@ -118,8 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Lease; the chosen standby takes it. Others stay out meanwhile.")
     switchover.add_argument("--to", metavar="POD", help="the standby to hand over to "
                             "(default: the first ready one)")
-    switchover.add_argument("--config", default=str(DEFAULT_CONFIG_PATH),
-                            help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    _add_config(switchover)
     switchover.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
                             help="how long to wait for the new leader (default 30)")
     switchover.set_defaults(handler=_switchover)
@@ -127,8 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("resume", "end maintenance: automatic takeover again")):
         sub = commands.add_parser(name, help=text, description=text + ". The state lives "
                                   "on the Lease's annotations; status shows it.")
-        sub.add_argument("--config", default=str(DEFAULT_CONFIG_PATH),
-                         help=f"config file (default {DEFAULT_CONFIG_PATH})")
+        _add_config(sub)
         sub.set_defaults(handler=_pause_resume)
 
     probe = commands.add_parser(
@@ -136,8 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exit 0 when healthy, 1 when not, with one line saying why. Answers in "
                     "under a second; reads only local state, plus a DNS query for ready.")
     probe.add_argument("kind", choices=("live", "ready"))
-    probe.add_argument("--config", default=str(DEFAULT_CONFIG_PATH),
-                       help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    _add_config(probe)
     probe.set_defaults(handler=_probe)
     return parser
 

@@ -43,6 +43,18 @@ def api_client(kubeconfig: Path) -> client.ApiClient:
 
 
 @pytest.fixture
+def lab(tmp_path, api_client, kubeconfig, namespace, address_pool, key_files):
+    """Master pods as processes on loopback addresses over one shared directory."""
+    from harness.pods import MasterLab, all_named
+
+    made = MasterLab(root=tmp_path, api=api_client, kubeconfig=kubeconfig,
+                     namespace=namespace, address_pool=address_pool, key_files=key_files)
+    yield made
+    made.stop()
+    assert all_named(tmp_path) == [], "a named outlived the test's supervisors"
+
+
+@pytest.fixture
 def namespace(api_client: client.ApiClient) -> Iterator[str]:
     """A fresh namespace per test, so tests never see each other's objects."""
     name = f"t-{uuid.uuid4().hex[:10]}"

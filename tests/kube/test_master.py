@@ -13,22 +13,11 @@ import subprocess
 import sys
 import time
 
-import pytest
-
-from harness.pods import MasterLab, all_named, samples, wait_until
+from harness.pods import MasterLab, samples, wait_until
 from harness.writer import UpdateWriter, served_names
 
 ZONE = "ha.example."
 T = {"lease": 3.0, "deadline": 1.6, "retry": 0.4, "stop": 0.8}
-
-
-@pytest.fixture
-def lab(tmp_path, api_client, kubeconfig, namespace, address_pool, key_files):
-    made = MasterLab(root=tmp_path, api=api_client, kubeconfig=kubeconfig,
-                     namespace=namespace, address_pool=address_pool, key_files=key_files)
-    yield made
-    made.stop()
-    assert all_named(tmp_path) == [], "a named outlived the test's supervisors"
 
 
 def single_writer_sample(lab: MasterLab) -> list[str]:

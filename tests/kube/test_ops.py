@@ -15,11 +15,10 @@ import signal
 import subprocess
 import sys
 
-import pytest
 import yaml
 
 from harness.netlab import NetLab
-from harness.pods import MasterLab, MasterPod, all_named, samples, wait_until
+from harness.pods import MasterLab, MasterPod, samples, wait_until
 
 T = {"lease": 3.0, "deadline": 1.6, "retry": 0.4, "stop": 0.8}
 
@@ -31,15 +30,6 @@ def cli(pod: MasterPod, *args: str, stdin: str | None = None) -> subprocess.Comp
     return subprocess.run([sys.executable, "-m", "bindha_rwx", *args, "--config",
                            str(pod.config_path)], capture_output=True, text=True, timeout=60,
                           env=env, input=stdin)
-
-
-@pytest.fixture
-def lab(tmp_path, api_client, kubeconfig, namespace, address_pool, key_files):
-    made = MasterLab(root=tmp_path, api=api_client, kubeconfig=kubeconfig,
-                     namespace=namespace, address_pool=address_pool, key_files=key_files)
-    yield made
-    made.stop()
-    assert all_named(tmp_path) == []
 
 
 def test_fence_break_lets_the_standby_take_over_from_a_frozen_leader(lab: MasterLab):
