@@ -35,13 +35,11 @@ import dns.query
 import dns.rcode
 import dns.update
 import psutil
-from kubernetes import client, config
 
-from harness.bindlab import keyring, write_key_files
+from harness.bindlab import keyring
 from harness.bindlab import soa_serial as soa_serial_at
 from harness.netlab import NetLab
-from harness.pods import MasterLab, MasterPod, wait_until
-from harness.testplane import TestPlane, build_binary
+from harness.pods import MasterLab, MasterPod, start_lab, wait_until
 
 ZONE = "ha.example."
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -197,16 +195,8 @@ def main() -> int:
                         help="concurrent update clients in the stream phase")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bindha-prop-"))
-    plane = TestPlane(binary=build_binary(), workdir=root / "testplane")
-    plane.start()
-    api = config.new_client_from_config(config_file=str(plane.kubeconfig))
-    namespace = f"prop-{uuid.uuid4().hex[:6]}"
-    client.CoreV1Api(api).create_namespace(
-        client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     net = NetLab()
-    lab = MasterLab(root=root, api=api, kubeconfig=plane.kubeconfig, namespace=namespace,
-                    address_pool=net,
-                    key_files=write_key_files(root / "keys", ["update-key", "transfer-key"]))
+    plane, lab = start_lab(root, f"prop-{uuid.uuid4().hex[:6]}", net)
     results: dict[str, object] = {"machine": {
         "cpus": psutil.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version()}}

@@ -21,13 +21,11 @@ import uuid
 from pathlib import Path
 
 import psutil
-from kubernetes import client, config, watch
+from kubernetes import client, watch
 
 from bindha_rwx.probes import RuntimeFiles
-from harness.bindlab import write_key_files
 from harness.loopback import AddressPool
-from harness.pods import MasterLab, MasterPod, wait_until
-from harness.testplane import TestPlane, build_binary
+from harness.pods import MasterLab, MasterPod, start_lab, wait_until
 from harness.writer import UpdateWriter, served_names
 
 ZONE = "ha.example."
@@ -142,16 +140,9 @@ def main() -> int:
     parser.add_argument("--steady-seconds", type=float, default=40)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bindha-bench-"))
-    plane = TestPlane(binary=build_binary(), workdir=root / "testplane")
-    plane.start()
-    api = config.new_client_from_config(config_file=str(plane.kubeconfig))
-    namespace = f"bench-{uuid.uuid4().hex[:6]}"
-    client.CoreV1Api(api).create_namespace(
-        client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-    lab = MasterLab(root=root, api=api, kubeconfig=plane.kubeconfig, namespace=namespace,
-                    address_pool=AddressPool(first=100),
-                    key_files=write_key_files(root / "keys", ["update-key", "transfer-key"]),
-                    timing=dict(DEFAULT_TIMING))
+    plane, lab = start_lab(root, f"bench-{uuid.uuid4().hex[:6]}", AddressPool(first=100),
+                           DEFAULT_TIMING)
+    api = lab.api
     results: dict[str, object] = {
         "machine": {"cpus": psutil.cpu_count(), "memory_gib": round(
             psutil.virtual_memory().total / 2**30, 1), "platform": platform.platform(),

@@ -22,12 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from kubernetes import client, config
-
-from harness.bindlab import soa_serial, write_key_files
+from harness.bindlab import soa_serial
 from harness.netlab import NetLab
-from harness.pods import TEST_TIMING, MasterLab, MasterPod, wait_until
-from harness.testplane import TestPlane, build_binary
+from harness.pods import TEST_TIMING, MasterLab, MasterPod, start_lab, wait_until
+from harness.testplane import TestPlane
 from harness.writer import UpdateWriter, served_names
 
 ZONE = "ha.example."
@@ -92,15 +90,9 @@ def main() -> int:
     try:
         say("bindha-rwx demo: a real kube-apiserver, 3 masters and 2 secondaries as "
             "processes, one shared directory")
-        plane = TestPlane(binary=build_binary(), workdir=root / "testplane")
-        plane.start()
-        api = config.new_client_from_config(config_file=str(plane.kubeconfig))
-        client.CoreV1Api(api).create_namespace(
-            client.V1Namespace(metadata=client.V1ObjectMeta(name="demo")))
         net = NetLab()
-        keys = write_key_files(root / "keys", ["update-key", "transfer-key"])
-        lab = MasterLab(root=root, api=api, kubeconfig=plane.kubeconfig, namespace="demo",
-                        address_pool=net, key_files=keys, timing=timing)
+        plane, lab = start_lab(root, "demo", net, timing)
+        keys = lab.key_files
         lab.start(3)
         leader = lab.leader(timeout=60)
         lab.start_secondaries(2)

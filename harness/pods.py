@@ -340,6 +340,34 @@ class MasterLab:
         return {p.metadata.name: (p.metadata.labels or {}).get("role") for p in pods}
 
 
+def start_lab(root: Path, namespace: str, address_pool: Any,
+              timing: dict[str, float] | None = None) -> tuple[Any, MasterLab]:
+    """A fresh control plane under ``root`` and an empty MasterLab in ``namespace``
+    (for the demo and the benchmarks; tests use the pytest fixtures instead)."""
+    from harness.bindlab import write_key_files
+    from harness.testplane import TestPlane, build_binary
+
+    plane = TestPlane(binary=build_binary(), workdir=root / "testplane")
+    plane.start()
+    api = client.ApiClient(_configuration(plane.kubeconfig))
+    client.CoreV1Api(api).create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    lab = MasterLab(root=root, api=api, kubeconfig=plane.kubeconfig, namespace=namespace,
+                    address_pool=address_pool,
+                    key_files=write_key_files(root / "keys", ["update-key", "transfer-key"]),
+                    timing=dict(timing or TEST_TIMING))
+    return plane, lab
+
+
+def _configuration(kubeconfig: Path) -> client.Configuration:
+    from kubernetes import config as kube_config
+
+    configuration = client.Configuration()
+    kube_config.load_kube_config(config_file=str(kubeconfig),
+                                 client_configuration=configuration)
+    return configuration
+
+
 def wait_until(condition: Callable[[], Any], timeout: float, what: str,
                interval: float = 0.02) -> Any:
     deadline = time.monotonic() + timeout
