@@ -3,6 +3,7 @@
 #   apt: bind9 bind9-utils bind9-dnsutils iproute2 openssl (when missing)
 #   .venv with this package and its test extra
 #   the test control plane (kube-apiserver + etcd), built from the Go module proxy, cached
+#   kustomize (for the manifests tests), built from the Go module proxy, cached
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,4 +52,5 @@ if ! command -v go >/dev/null 2>&1; then
   fi
 fi
 scripts/build-testplane.sh >/dev/null
+scripts/build-kustomize.sh >/dev/null
 say "ready"

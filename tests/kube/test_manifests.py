@@ -1,0 +1,107 @@
+"""The manifests: every kustomization builds, every object is accepted by the real
+apiserver (server-side dry run), and the Roles grant what the supervisors use and
+nothing on the deny list (SubjectAccessReview)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client, dynamic
+from kubernetes.client.exceptions import ApiException
+
+from tests.conftest import require
+
+MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
+OVERLAYS = ["base", "overlays/cephfs", "overlays/manila", "overlays/lab"]
+
+
+@pytest.fixture(scope="session")
+def kustomize() -> str:
+    binary = os.environ.get("BINDHA_KUSTOMIZE_BIN")
+    if not binary:
+        script = MANIFESTS.parent / "scripts" / "build-kustomize.sh"
+        try:
+            binary = subprocess.run([str(script)], capture_output=True, text=True,
+                                    timeout=1800, check=True).stdout.strip()
+        except (subprocess.CalledProcessError, OSError) as exc:
+            require(False, f"kustomize could not be built: {exc}")
+    return str(binary)
+
+
+def build(kustomize: str, path: str) -> list[dict]:
+    out = subprocess.run([kustomize, "build", str(MANIFESTS / path)], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+@pytest.mark.parametrize("path", OVERLAYS)
+def test_every_object_is_accepted_by_the_apiserver(kustomize, api_client, namespace, path):
+    objects = build(kustomize, path)
+    kinds = {o["kind"] for o in objects}
+    assert {"StatefulSet", "Role", "RoleBinding", "Service", "PodDisruptionBudget",
+            "NetworkPolicy", "ConfigMap", "PersistentVolumeClaim"} <= kinds
+    dyn = dynamic.DynamicClient(api_client)
+    for obj in objects:
+        resource = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        try:
+            resource.create(body=obj, namespace=namespace, dry_run="All")
+        except ApiException as exc:
+            pytest.fail(f"{path}: {obj['kind']}/{obj['metadata']['name']} refused: "
+                        f"{exc.status} {exc.body}")
+    if path != "base" and path != "overlays/lab":
+        lb = next(o for o in objects if o["kind"] == "Service"
+                  and o["metadata"]["name"] == "bind-dns")
+        assert lb["spec"]["type"] == "LoadBalancer"
+        assert {p["protocol"] for p in lb["spec"]["ports"]} == {"UDP", "TCP"}
+        pvc = next(o for o in objects if o["kind"] == "PersistentVolumeClaim")
+        assert pvc["spec"]["storageClassName"] in ("cephfs", "csi-manila-nfs")
+
+
+def can(api_client, namespace: str, account: str, verb: str, resource: str, group: str = "",
+        in_namespace: str | None = None) -> bool:
+    review = client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
+        user=f"system:serviceaccount:{namespace}:{account}",
+        groups=["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
+        resource_attributes=client.V1ResourceAttributes(
+            namespace=in_namespace or namespace, verb=verb, group=group, resource=resource)))
+    return bool(client.AuthorizationV1Api(api_client).create_subject_access_review(
+        review).status.allowed)
+
+
+def test_roles_grant_what_the_supervisors_use_and_nothing_else(kustomize, api_client,
+                                                               namespace):
+    dyn = dynamic.DynamicClient(api_client)
+    for obj in build(kustomize, "base"):
+        if obj["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
+            dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"]).create(
+                body=obj, namespace=namespace)
+    master = [("get", "leases", "coordination.k8s.io"), ("list", "leases", "coordination.k8s.io"),
+              ("watch", "leases", "coordination.k8s.io"),
+              ("create", "leases", "coordination.k8s.io"),
+              ("update", "leases", "coordination.k8s.io"), ("get", "pods", ""),
+              ("list", "pods", ""), ("patch", "pods", ""),
+              ("list", "endpointslices", "discovery.k8s.io"),
+              ("watch", "endpointslices", "discovery.k8s.io"), ("create", "events", "")]
+    for verb, resource, group in master:
+        assert can(api_client, namespace, "bind-master", verb, resource, group), (verb, resource)
+    secondary = [("get", "leases", "coordination.k8s.io"),
+                 ("watch", "leases", "coordination.k8s.io"), ("create", "events", "")]
+    for verb, resource, group in secondary:
+        assert can(api_client, namespace, "bind-secondary", verb, resource, group)
+    denied = [("bind-master", "get", "secrets", "", None),
+              ("bind-master", "list", "secrets", "", None),
+              ("bind-master", "delete", "pods", "", None),
+              ("bind-master", "delete", "leases", "coordination.k8s.io", None),
+              ("bind-master", "update", "configmaps", "", None),
+              ("bind-master", "get", "leases", "coordination.k8s.io", "kube-system"),
+              ("bind-master", "patch", "pods", "", "default"),
+              ("bind-secondary", "update", "leases", "coordination.k8s.io", None),
+              ("bind-secondary", "patch", "pods", "", None),
+              ("bind-secondary", "get", "secrets", "", None)]
+    for account, verb, resource, group, other in denied:
+        assert not can(api_client, namespace, account, verb, resource, group, other), \
+            (account, verb, resource, other)
