@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from bindha_rwx.config import Config
 from bindha_rwx.election import (
@@ -284,10 +285,16 @@ class Ops:
                 cleared = True
             except (Conflict, ApiUnavailable):
                 cleared = False
-        deleted = False
+        deleted: bool | str = False
         if delete_pod:
-            self.core.delete_pod(self.namespace, dead_pod, 0)
-            deleted = True
+            try:
+                self.core.delete_pod(self.namespace, dead_pod, 0)
+                deleted = True
+            except (ApiException, OSError) as exc:
+                # The in-pod ServiceAccount may not delete pods (by design): say so.
+                deleted = (f"not deleted ({getattr(exc, 'status', exc)}): run `kubectl -n "
+                           f"{self.namespace} delete pod {dead_pod} --grace-period=0 --force` "
+                           "with your own credentials")
         action = {"time": datetime.now(UTC).isoformat(timespec="seconds"),
                   "by": f"{getpass.getuser()}@{socket.gethostname()}", "dead_pod": dead_pod,
                   "old_owner": owner.__dict__, "generation": [old_generation, generation],
