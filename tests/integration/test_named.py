@@ -7,7 +7,6 @@ and follows NOTIFYs, and a transfer without the key is refused.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import dns.message
@@ -26,6 +25,7 @@ from harness.bindlab import (
     load_pod_config,
     write_pod_config,
 )
+from harness.pods import wait_until
 
 ZONE = "lab.example."
 ZONES = [{"name": ZONE,
@@ -71,15 +71,6 @@ def lookup(named: NamedProcess, name: str) -> list[str]:
     return sorted(rr.address for rrset in answer.answer for rr in rrset)
 
 
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"not within {timeout}s: {what}")
-
 
 def test_signed_update_is_served_unsigned_is_refused(primary: NamedProcess, shared_dir):
     primary.start()
@@ -118,7 +109,7 @@ def test_secondary_transfers_with_tsig_and_follows_notify(
         primary.wait_serving()
         assert send_update(primary, "after", "192.0.2.3", key) == dns.rcode.NOERROR
         # The refresh timer is an hour: only the signed NOTIFY brings the update this fast.
-        wait_for(lambda: lookup(secondary, "after") == ["192.0.2.3"], 10,
+        wait_until(lambda: lookup(secondary, "after") == ["192.0.2.3"], 10,
                  "the secondary serves the update after NOTIFY")
         assert "notify from" in secondary.log_tail(200).lower()
     finally:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import dns.message
 import dns.query
@@ -41,6 +41,7 @@ from bindha_rwx.named import ExitInfo, NamedError, NamedProcess, RestartPolicy, 
 from bindha_rwx.render import RNDC_KEY_NAME, render_bootstrap_zone, render_primary
 from harness.bindlab import keyring, load_pod_config, write_key_files, write_pod_config
 from harness.loopback import has_address
+from harness.pods import wait_until
 from tests.conftest import require
 
 pytestmark = [pytest.mark.named, pytest.mark.root]
@@ -148,15 +149,6 @@ def lookup(pod: Pod, name: str) -> list[str]:
     answer = dns.query.udp(query, pod.ip, port=pod.config.ports.dns, timeout=2)
     return sorted(rr.address for rrset in answer.answer for rr in rrset)
 
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 def gone(pid: int) -> bool:
@@ -359,7 +351,7 @@ def test_kill_does_not_flush_and_a_crash_is_seen(make_pod):
     assert lookup(pod, "fenced") == ["192.0.2.20"]
 
     os.kill(named.pid, signal.SIGKILL)  # a crash, from outside
-    crashed = wait_for(named.poll, 5.0, "poll() sees named's end")
+    crashed = wait_until(named.poll, 5.0, "poll() sees named's end")
     assert crashed == ExitInfo(-signal.SIGKILL, "crashed")
     assert "SIGKILL" in named.last_problem and not named.serving()
 
@@ -385,7 +377,7 @@ def test_a_frozen_named_is_ended_in_time(make_pod):
     results: dict[str, ExitInfo] = {}
     stopper = threading.Thread(target=lambda: results.update(stop=named.stop(timeout=8.0)))
     stopper.start()
-    wait_for(lambda: "rndc" in child_names(), 5.0, "rndc stop runs")
+    wait_until(lambda: "rndc" in child_names(), 5.0, "rndc stop runs")
     started = time.monotonic()
     killed = named.kill(timeout=1.0)
     stopper.join(5.0)
