@@ -6,10 +6,30 @@ an interface, so each pod address is added to lo (needs root, or CAP_NET_ADMIN).
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import threading
+from pathlib import Path
 
 _lock = threading.Lock()
+CLAIMS = Path("/run/bindha-lab")
+_held: list[int] = []  # claim files' descriptors, held open for the life of the process
+
+
+def claim(name: str) -> bool:
+    """Claim ``name`` for this process among every process on the machine (a test run,
+    a benchmark and the demo may run at once): an flock on /run/bindha-lab/<name> that
+    the kernel drops when the process ends, so a crashed run leaves nothing behind."""
+    CLAIMS.mkdir(parents=True, exist_ok=True)
+    fd = os.open(CLAIMS / name, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    _held.append(fd)
+    return True
 
 
 def has_address(ip: str) -> bool:
@@ -47,10 +67,14 @@ class AddressPool:
         self._last = last
 
     def take(self) -> str:
+        """The next address no other process on this machine holds."""
         with _lock:
-            if self._next > self._last:
-                raise RuntimeError("loopback address pool exhausted")
-            ip = f"127.0.0.{self._next}"
-            self._next += 1
+            while True:
+                if self._next > self._last:
+                    raise RuntimeError("loopback address pool exhausted")
+                ip = f"127.0.0.{self._next}"
+                self._next += 1
+                if claim(ip):
+                    break
         ensure_alias(ip)
         return ip

@@ -13,12 +13,11 @@ is routed anywhere else. Each pod then also has its own 127.0.0.1, like a real p
 
 from __future__ import annotations
 
-import itertools
-import os
 import subprocess
 import threading
 
-_subnets = itertools.count(os.getpid() % 200 + 1)
+from harness.loopback import claim
+
 _lock = threading.Lock()
 
 
@@ -34,7 +33,12 @@ class NetLab:
 
     def __init__(self) -> None:
         with _lock:
-            self.subnet = next(_subnets) % 250 + 1
+            self.subnet = next((n for n in range(1, 251) if claim(f"netlab-{n}")), 0)
+        if not self.subnet:
+            raise RuntimeError("no free NetLab subnet (250 in use)")
+        # A bridge left by a run that was killed: ours now, since we hold the claim.
+        subprocess.run(["ip", "link", "del", f"bhl{self.subnet}"], capture_output=True,
+                       timeout=10, check=False)
         self.bridge = f"bhl{self.subnet}"
         self.api_host = f"10.213.{self.subnet}.1"
         self._hosts = 0
@@ -49,6 +53,8 @@ class NetLab:
         ip = f"10.213.{self.subnet}.{host}"
         netns = f"bh{self.subnet}-{host}"
         outside, inside = f"bh{self.subnet}h{host}", f"bh{self.subnet}p{host}"
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=10,
+                       check=False)  # left by a killed run that held our subnet
         _ip("netns", "add", netns)
         _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
         _ip("link", "set", inside, "netns", netns)

@@ -38,6 +38,8 @@ class UpdateWriter:
     key: TsigKey
     port: int = 53
     timeout: float = 0.5
+    prefix: str = "u"
+    interval: float = 0.0  # least seconds between two sends (0: as fast as acks come)
     acks: list[Ack] = field(default_factory=list)
     failures: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -58,7 +60,7 @@ class UpdateWriter:
         n = 0
         preferred = 0
         while not self._stop.is_set():
-            name = f"u{n}"
+            name = f"{self.prefix}{n}"
             for offset in range(len(self.servers)):
                 server = self.servers[(preferred + offset) % len(self.servers)]
                 update = dns.update.UpdateMessage(self.zone, keyring=ring, keyname=self.key.name)
@@ -72,6 +74,8 @@ class UpdateWriter:
                     self.acks.append(Ack(name, server, sent, time.monotonic()))
                     preferred = self.servers.index(server)
                     n += 1
+                    if self.interval:
+                        self._stop.wait(max(0.0, sent + self.interval - time.monotonic()))
                     break
             else:
                 self.failures += 1

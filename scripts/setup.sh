@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Everything a fresh machine needs for the tests and the demo, idempotent:
-#   apt: bind9 bind9-utils bind9-dnsutils iproute2 openssl (when missing)
+#   apt: bind9 bind9-utils bind9-dnsutils iproute2 openssl util-linux dnsperf e2fsprogs (when missing)
 #   .venv with this package and its test extra
 #   the test control plane (kube-apiserver + etcd), built from the Go module proxy, cached
 #   kustomize (for the manifests tests), built from the Go module proxy, cached
+# With BINDHA_SETUP_BENCH=1 (scripts/bench, scripts/chaos) also: the
+# bench extra (matplotlib) in .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +14,7 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 need_apt=()
 for tool in named:bind9 named-checkconf:bind9-utils rndc:bind9-utils tsig-keygen:bind9 \
             dig:bind9-dnsutils nsupdate:bind9-dnsutils ip:iproute2 openssl:openssl \
-            setpriv:util-linux; do
+            setpriv:util-linux dnsperf:dnsperf chattr:e2fsprogs; do
   cmd=${tool%%:*} pkg=${tool#*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
     need_apt+=("$pkg")
@@ -33,12 +35,13 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   say "Python 3.11 or newer is needed (found $("$python" --version 2>&1)); set PYTHON=..."
   exit 1
 fi
-stamp=.venv/.installed
+extras=test stamp=.venv/.installed
+if [ -n "${BINDHA_SETUP_BENCH:-}" ]; then extras=test,bench stamp=.venv/.installed-bench; fi
 if [ ! -x .venv/bin/python ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  say "creating .venv and installing bindha-rwx[test]"
-  "$python" -m venv .venv
+  say "creating .venv and installing bindha-rwx[$extras]"
+  [ -x .venv/bin/python ] || "$python" -m venv .venv
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[test]'
+  .venv/bin/pip install -q -e ".[$extras]"
   touch "$stamp"
 fi
 

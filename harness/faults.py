@@ -1,0 +1,393 @@
+"""The failure matrix of DESIGN.md as faults a chaos round injects, each with what the
+design says must follow, checked from outside.
+
+A fault gets the lab and the current leader, injects, checks the expected reaction,
+heals what it broke (a deleted pod is started again, as its StatefulSet would) and
+returns an Outcome: figures for the report and the violations it saw. The
+invariants common to every round (no acknowledged update lost, one writer, the
+secondaries converge, no orphan) are checked by the runner, not here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from bindha_rwx.probes import RuntimeFiles
+from harness.bindlab import soa_serial
+from harness.pods import MasterPod, configmap_update, wait_until
+
+if TYPE_CHECKING:
+    from harness.chaos import ChaosLab
+
+
+@dataclass
+class Outcome:
+    figures: dict[str, Any] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+
+    def expect(self, ok: bool, violation: str) -> bool:
+        if not ok:
+            self.violations.append(violation)
+        return ok
+
+
+Fault = Callable[["ChaosLab", MasterPod], Outcome]
+
+
+def pod_tree(pod: MasterPod) -> list[psutil.Process]:
+    """The pod's supervisor and every process under it (what a container holds)."""
+    try:
+        root = psutil.Process(pod.pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def signal_tree(procs: list[psutil.Process], sig: int) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)
+
+
+def _state(pod: MasterPod) -> str | None:
+    state = RuntimeFiles(pod.work_dir).read_state()
+    return state.state if state and state.pid == pod.pid else None
+
+
+# -- leader pod deleted / evicted / drained -----------------------------------------
+
+def pod_delete(c: ChaosLab, leader: MasterPod) -> Outcome:
+    """SIGTERM, as the kubelet sends on delete: a handover inside the grace period."""
+    out = Outcome()
+    start = time.monotonic()
+    leader.signal(signal.SIGTERM)
+    try:
+        code = leader.wait_exit(c.grace_seconds)
+    except subprocess.TimeoutExpired:
+        out.expect(False, f"{leader.name} still running {c.grace_seconds:g}s after SIGTERM "
+                          "(the kubelet would SIGKILL it)")
+        leader.signal(signal.SIGKILL)
+        code = leader.wait_exit(10)
+    out.expect(code == 0, f"{leader.name} exited {code} after SIGTERM, not 0")
+    out.figures["exit_s"] = time.monotonic() - start
+    new = c.new_leader(leader, timeout=c.timing["leaseDuration"] * 4)
+    out.figures["write_gap_s"] = c.first_ack_from(new, start, timeout=30) - start
+    out.figures["new_leader"] = new.name
+    return out
+
+
+# -- leader supervisor SIGKILLed ------------------------------------------------------
+
+def supervisor_kill(c: ChaosLab, leader: MasterPod) -> Outcome:
+    """named dies with its supervisor; the lock frees; the Lease expires; takeover."""
+    out = Outcome()
+    named = leader.named_processes()
+    start = time.monotonic()
+    leader.signal(signal.SIGKILL)
+    leader.wait_exit(10)
+    gone = _wait_gone(named, 2.0)
+    out.expect(gone, f"{leader.name}'s named outlived its SIGKILLed supervisor by 2 s")
+    new = c.new_leader(leader, timeout=c.timing["leaseDuration"] * 4)
+    out.figures["takeover_s"] = c.first_ack_from(new, start, timeout=30) - start
+    out.figures["new_leader"] = new.name
+    return out
+
+
+# -- named crashes on the leader ------------------------------------------------------
+
+def named_crash(c: ChaosLab, leader: MasterPod) -> Outcome:
+    """SIGKILL of the leader's named: the same supervisor restarts it, keeps leading."""
+    out = Outcome()
+    named = leader.named_processes()
+    if not out.expect(len(named) == 1, f"{leader.name} runs {len(named)} named, not 1"):
+        return out
+    start = time.monotonic()
+    named[0].kill()
+    restarted = wait_until(lambda: [p for p in leader.named_processes()
+                                    if p.pid != named[0].pid], 20, "named restarted")
+    out.figures["restart_s"] = time.monotonic() - start
+    out.figures["write_gap_s"] = c.first_ack_from(leader, start, timeout=30) - start
+    out.expect(c.lab.holder() == leader.name, "the Lease moved after one named crash")
+    out.figures["new_named_pid"] = restarted[0].pid
+    return out
+
+
+# -- leader cut off from the API server -------------------------------------------------
+
+def api_partition(c: ChaosLab, leader: MasterPod) -> Outcome:
+    """The leader's API traffic black-holed: it stops named before its Lease can expire
+    (the standby may take it only then), and the standby takes over."""
+    out = Outcome()
+    named = leader.named_processes()
+    start = time.monotonic()
+    leader.proxy.blackhole()
+    try:
+        stopped = _wait_gone(named, c.timing["leaseDuration"] * 2)
+        stopped_after = time.monotonic() - start
+        out.figures["named_stopped_s"] = stopped_after
+        out.expect(stopped and stopped_after < c.timing["leaseDuration"],
+                   f"{leader.name}'s named ran {stopped_after:.2f}s after the partition; the "
+                   f"Lease ({c.timing['leaseDuration']:g}s) could have expired under it")
+        new = c.new_leader(leader, timeout=c.timing["leaseDuration"] * 4)
+        out.figures["write_gap_s"] = c.first_ack_from(new, start, timeout=30) - start
+        out.figures["new_leader"] = new.name
+    finally:
+        leader.proxy.restore()
+    wait_until(lambda: _state(leader) == "standby", 30, f"{leader.name} back as a standby")
+    return out
+
+
+# -- API server down for all ---------------------------------------------------------
+
+def api_down(c: ChaosLab, leader: MasterPod) -> Outcome:
+    """Every pod's API traffic black-holed: the leader stops writing (no failsafe
+    mode is on), no one else starts, and the secondaries go on answering reads."""
+    out = Outcome()
+    named = leader.named_processes()
+    start = time.monotonic()
+    for pod in c.lab.pods:
+        pod.proxy.blackhole()
+    try:
+        stopped = _wait_gone(named, c.timing["leaseDuration"] * 2)
+        out.figures["named_stopped_s"] = time.monotonic() - start
+        out.expect(stopped, f"{leader.name}'s named still runs with the API down")
+        # Stay down a whole Lease more: nobody may start a named meanwhile.
+        quiet_from = time.monotonic()
+        time.sleep(c.timing["leaseDuration"])
+        started = c.sampler.max_writers(quiet_from)
+        out.expect(started == 0, f"{started} named ran while the API was down for all")
+        answering = [s.name for s in c.lab.secondaries if soa_serial(s.ip, c.zone) is not None]
+        out.figures["secondaries_answering"] = len(answering)
+        out.expect(len(answering) == len(c.lab.secondaries),
+                   f"only {answering} of the secondaries answer with the API down")
+    finally:
+        for pod in c.lab.pods:
+            pod.proxy.restore()
+    new = c.any_leader(timeout=c.timing["leaseDuration"] * 4)
+    out.figures["write_gap_s"] = c.first_ack_from(new, start, timeout=30) - start
+    return out
+
+
+# -- leader frozen (SIGSTOP, a paused VM) while holding the lock ---------------------------
+
+def _freeze_until_blocked(c: ChaosLab, leader: MasterPod, out: Outcome
+                          ) -> tuple[list[psutil.Process], MasterPod | None]:
+    tree = pod_tree(leader)
+    signal_tree(tree, signal.SIGSTOP)
+    started = time.monotonic()
+
+    def blocked() -> MasterPod | None:
+        holder = c.lab.holder()
+        if holder and holder != leader.name:
+            pod = c.lab.pod(holder)
+            return pod if _state(pod) == "blocked-on-fence" else None
+        return None
+
+    try:
+        standby = wait_until(blocked, c.timing["leaseDuration"] * 4,
+                             "a standby blocked on the fence")
+    except AssertionError as exc:
+        out.violations.append(str(exc))
+        return tree, None
+    out.figures["blocked_after_s"] = time.monotonic() - started
+    time.sleep(c.timing["retryPeriod"] * 2)  # it must stay blocked, not start named
+    out.expect(standby.named_processes() == [],
+               f"{standby.name} started named while the frozen leader held the lock")
+    out.expect(_state(standby) == "blocked-on-fence", f"{standby.name} left blocked-on-fence "
+               "while the frozen leader still held the lock")
+    return tree, standby
+
+
+def freeze_kill(c: ChaosLab, leader: MasterPod) -> Outcome:
+    """SIGSTOP; the standby gets the Lease and waits on the lock; the 'operator'
+    confirms the old holder is dead by killing it (a node powered off); takeover."""
+    out = Outcome()
+    tree, standby = _freeze_until_blocked(c, leader, out)
+    start = time.monotonic()
+    signal_tree(tree, signal.SIGKILL)
+    leader.wait_exit(10)
+    new = c.new_leader(leader, timeout=c.timing["leaseDuration"] * 4)
+    out.figures["takeover_after_kill_s"] = c.first_ack_from(new, start, timeout=30) - start
+    out.expect(standby is None or new is standby,
+               f"{new.name} took over, not the blocked {standby.name if standby else None}")
+    return out
+
+
+def freeze_resume(c: ChaosLab, leader: MasterPod) -> Outcome:
+    """SIGSTOP, then SIGCONT once a standby holds the Lease (a VM resumed): the old
+    leader must see it lost the Lease and stop named, freeing the lock."""
+    out = Outcome()
+    tree, _standby = _freeze_until_blocked(c, leader, out)
+    start = time.monotonic()
+    signal_tree(tree, signal.SIGCONT)
+    new = c.new_leader(leader, timeout=c.timing["leaseDuration"] * 4)
+    out.figures["takeover_after_resume_s"] = c.first_ack_from(new, start, timeout=30) - start
+    out.expect(leader.alive(), f"{leader.name} died after it was resumed")
+    return out
+
+
+# -- shared volume read-only / full ---------------------------------------------------
+
+def volume_readonly(c: ChaosLab, leader: MasterPod) -> Outcome:
+    return _volume_fault(c, leader, "readonly")
+
+
+def volume_full(c: ChaosLab, leader: MasterPod) -> Outcome:
+    return _volume_fault(c, leader, "full")
+
+
+def _volume_fault(c: ChaosLab, leader: MasterPod, kind: str) -> Outcome:
+    """named answers SERVFAIL and acknowledges nothing while the volume cannot be
+    written, then resumes by itself; the leader does not change."""
+    out = Outcome()
+    named = leader.named_processes()
+    acked_before = len(c.writer.acks)
+    start = time.monotonic()
+    filler = c.shared_mount.break_it(kind)
+    try:
+        time.sleep(c.timing["leaseDuration"])
+        # An ack during the fault would be an update named could not have journaled.
+        during = [a for a in c.writer.acks[acked_before:] if a.sent > start + 0.5]
+        out.figures["acked_during_fault"] = len(during)
+        out.expect(not during, f"{len(during)} updates acknowledged while the volume was "
+                               f"{kind} (first {during[0].name if during else ''})")
+    finally:
+        c.shared_mount.heal(kind, filler)
+    healed = time.monotonic()
+    out.figures["resume_after_heal_s"] = c.first_ack_from(leader, healed, timeout=30) - healed
+    out.expect(leader.named_processes() == named and c.lab.holder() == leader.name,
+               f"the leader or its named changed during a {kind} volume")
+    return out
+
+
+# -- bad config pushed while running --------------------------------------------------
+
+def bad_config(c: ChaosLab, leader: MasterPod) -> Outcome:
+    """A ConfigMap update that named-checkconf refuses: refused, old config kept,
+    writes go on without a gap."""
+    out = Outcome()
+    named = leader.named_processes()
+    originals = {p.name: p.config_path.read_text() for p in c.lab.pods}
+    refused_before = {p.name: _count(p, "config.refused") for p in c.lab.pods}
+    start = time.monotonic()
+
+    def break_config(data: dict[str, Any]) -> None:
+        data["zones"].append({"name": "broken.example", "nameservers": [
+            {"name": "ns1.broken.example", "addresses": ["192.0.2.53"]}],
+            "updatePolicy": [{"key": "no-such-key", "rule": "zonesub"}]})
+
+    c.lab.rewrite_configs(break_config)
+    try:
+        wait_until(lambda: all(_count(p, "config.refused") > refused_before[p.name]
+                               for p in c.lab.pods if p.alive()), 30,
+                   "every pod refuses the bad config")
+        out.figures["refused_after_s"] = time.monotonic() - start
+        time.sleep(c.timing["retryPeriod"])
+    finally:
+        for pod in c.lab.pods:
+            configmap_update(pod.config_path, originals[pod.name])
+    out.expect(leader.named_processes() == named and c.lab.holder() == leader.name,
+               "the leader or its named changed on a refused config")
+    out.figures["write_gap_s"] = c.writer.max_gap(after=start)
+    return out
+
+
+def _count(pod: MasterPod, event: str) -> int:
+    return sum(1 for e in pod.events() if e.get("event") == event)
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(_running(p) for p in procs):
+            return True
+        time.sleep(0.02)
+    return not any(_running(p) for p in procs)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+class SharedMount:
+    """The shared directory as a tmpfs of its own, so a round can make it read-only or
+    full without touching anything else on the machine (as a CephFS/NFS mount can be).
+
+    Read-only is every file and directory made immutable (``chattr -R +i``: writes fail
+    with EPERM where a read-only mount gives EROFS; named takes the same "journal write
+    failed" path), because ``mount -o remount,ro`` is refused with EBUSY while a file on
+    the mount is open for writing, and the storage lock's file always is. Full is a
+    filler file fallocated over the free space (ENOSPC).
+    """
+
+    def __init__(self, path: Path, size_mib: int = 256) -> None:
+        self.path = path
+        self.path.mkdir(parents=True, exist_ok=True)
+        _run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0755", "bindha-chaos",
+              str(path)])
+
+    def break_it(self, kind: str) -> Path | None:
+        if kind == "readonly":
+            _run(["chattr", "-R", "+i", str(self.path)])
+            return None
+        filler = self.path / ".chaos-filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        offset = 0
+        try:
+            # tmpfs undoes a whole fallocate that hits ENOSPC: fill in shrinking steps.
+            for step in (64 << 20, 1 << 20, 4096):
+                while True:
+                    try:
+                        os.posix_fallocate(fd, offset, step)
+                    except OSError:
+                        break
+                    offset += step
+        finally:
+            os.close(fd)
+        free = os.statvfs(self.path).f_bavail
+        if free:
+            raise RuntimeError(f"could not fill {self.path}: {free} blocks still free")
+        return filler
+
+    def heal(self, kind: str, filler: Path | None) -> None:
+        if kind == "readonly":
+            _run(["chattr", "-R", "-i", str(self.path)])
+        elif filler is not None:
+            filler.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], capture_output=True, timeout=30,
+                       check=False)
+
+
+def _run(argv: list[str]) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {result.stderr.strip()}")
+
+
+FAULTS: dict[str, Fault] = {
+    "pod-delete": pod_delete,
+    "supervisor-kill": supervisor_kill,
+    "named-crash": named_crash,
+    "api-partition": api_partition,
+    "api-down": api_down,
+    "freeze-kill": freeze_kill,
+    "freeze-resume": freeze_resume,
+    "volume-readonly": volume_readonly,
+    "volume-full": volume_full,
+    "bad-config": bad_config,
+}

@@ -1,0 +1,140 @@
+"""The invariants a chaos round must keep, observed from outside the product.
+
+Nothing here asks the product what it believes: the writers are the `named` processes
+the kernel lists, the fence is the epoch file on the shared volume, an acknowledged
+update is one whose NOERROR the client saw, and a zone's content is what AXFR returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from bindha_rwx.config import TsigKey
+from bindha_rwx.fencing import SharedVolume
+from harness.bindlab import soa_serial
+from harness.writer import Ack, served_names
+
+
+@dataclass
+class WriterSample:
+    at: float  # monotonic
+    writers: tuple[int, ...]  # pids of the masters' running named
+    epoch: int | None
+
+
+@dataclass
+class FenceSampler:
+    """Samples the masters' running `named` and the epoch every ``interval`` seconds.
+
+    A master's named is recognised by its config file, which lies in the pod's work
+    dir; so a named whose supervisor died (an orphan) is still seen and counted.
+    """
+
+    master_dirs: list[Path]
+    volume: SharedVolume
+    interval: float = 0.025
+    samples: list[WriterSample] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> FenceSampler:
+        self._thread = threading.Thread(target=self._run, name="fence-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            writers = tuple(p.pid for p in master_named(self.master_dirs))
+            try:
+                epoch: int | None = self.volume.read_epoch()
+            except Exception:  # a remounted or full volume: the epoch is just unknown
+                epoch = None
+            self.samples.append(WriterSample(time.monotonic(), writers, epoch))
+            self._stop.wait(self.interval)
+
+    def since(self, start: float, end: float | None = None) -> list[WriterSample]:
+        return [s for s in list(self.samples) if s.at >= start and (end is None or s.at <= end)]
+
+    def dual_writer_seconds(self, start: float, end: float | None = None) -> float:
+        """Time during which more than one master named ran (a sample's span each)."""
+        seen = self.since(start, end)
+        return sum(b.at - a.at for a, b in itertools.pairwise(seen)
+                   if len(a.writers) > 1)
+
+    def max_writers(self, start: float, end: float | None = None) -> int:
+        return max((len(s.writers) for s in self.since(start, end)), default=0)
+
+    def epoch_regressions(self, start: float, end: float | None = None) -> list[tuple[int, int]]:
+        epochs = [s.epoch for s in self.since(start, end) if s.epoch is not None]
+        return [(a, b) for a, b in itertools.pairwise(epochs) if b < a]
+
+
+def master_named(master_dirs: list[Path]) -> list[psutil.Process]:
+    """Running (not zombie) named processes whose config lies in a master's work dir."""
+    found = []
+    prefixes = [str(d) + "/" for d in master_dirs]
+    for proc in psutil.process_iter(["name", "cmdline", "status"]):
+        info = proc.info
+        if info["name"] != "named" or info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if any(arg.startswith(prefix) for arg in info["cmdline"] or [] for prefix in prefixes):
+            found.append(proc)
+    return found
+
+
+def orphans(master_dirs: list[Path], supervisor_pids: set[int]) -> list[int]:
+    """Master named processes whose parent is not a live supervisor."""
+    out = []
+    for proc in master_named(master_dirs):
+        with contextlib.suppress(psutil.Error):
+            if proc.ppid() not in supervisor_pids:
+                out.append(proc.pid)
+    return out
+
+
+def missing_acks(server: str, zone: str, key: TsigKey, acks: list[Ack],
+                 attempts: int = 3) -> list[str]:
+    """Acknowledged names that ``server`` does not hold (an AXFR signed with ``key``)."""
+    last: Exception | None = None
+    for _ in range(attempts):
+        try:
+            served = served_names(server, zone, key)
+        except Exception as exc:  # a server that is just restarting: try again
+            last = exc
+            time.sleep(0.5)
+            continue
+        return [a.name for a in acks if a.name not in served]
+    raise AssertionError(f"AXFR of {zone} from {server} failed {attempts} times: {last}")
+
+
+def converge_seconds(leader_ip: str, secondary_ips: list[str], zone: str,
+                     limit: float) -> float | None:
+    """Seconds until every secondary serves at least the leader's current serial, or
+    None if one does not within ``limit``."""
+    target = soa_serial(leader_ip, zone)
+    if target is None:
+        return None
+    start = time.monotonic()
+    while time.monotonic() - start <= limit:
+        serials = [soa_serial(ip, zone) for ip in secondary_ips]
+        if all(s is not None and _serial_ge(s, target) for s in serials):
+            return time.monotonic() - start
+        time.sleep(0.02)
+    return None
+
+
+def _serial_ge(a: int, b: int) -> bool:
+    """RFC 1982 serial arithmetic: a is b or later."""
+    return a == b or 0 < (a - b) % 2**32 < 2**31

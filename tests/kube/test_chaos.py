@@ -1,0 +1,33 @@
+"""The chaos runner's smoke version: one round of every fault of the failure matrix,
+in a random order, under write and query load; the invariants must hold.
+
+The long runs (N rounds each, the product's default timings) are `scripts/chaos`;
+their figures are in docs/reliability.md. This asserts invariants, not timings.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+
+from harness.chaos import ChaosRun
+from harness.faults import FAULTS
+from harness.pods import TEST_TIMING
+from tests.conftest import require
+
+
+def test_one_round_of_every_fault_keeps_the_invariants(tmp_path, api_client, kubeconfig):
+    require(os.geteuid() == 0, "needs root: network namespaces, tmpfs mounts, port 53")
+    require(shutil.which("dnsperf") is not None, "dnsperf (Debian package) is missing")
+    seed = random.randrange(2**31)
+    run = ChaosRun(root=tmp_path, rounds=1, faults=list(FAULTS), seed=seed,
+                   timing=dict(TEST_TIMING), qps=100)
+    result = run.run(api=api_client, kubeconfig=kubeconfig)
+    failed = {r["fault"]: r["violations"] for r in result["rounds"] if r["violations"]}
+    assert not failed, f"seed {seed}: {failed}"
+    assert not result["final"]["violations"], f"seed {seed}: {result['final']['violations']}"
+    assert sorted(r["fault"] for r in result["rounds"]) == sorted(FAULTS)
+    # The load really ran: updates were acknowledged and the secondaries answered.
+    assert result["final"]["acknowledged"] > 100
+    assert all(v["completed"] for v in result["final"]["queries"].values()), result["final"]
