@@ -130,6 +130,7 @@ class ChaosLab:
     timing: dict[str, float]
     grace_seconds: float
     queries: QueryLoad | None = None
+    crashes: dict[int, list[float]] = field(default_factory=dict)  # supervisor pid: times
 
     def new_leader(self, old: MasterPod, timeout: float) -> MasterPod:
         def other() -> MasterPod | None:
