@@ -310,6 +310,7 @@ class ChaosRun:
         dual = chaos.sampler.dual_writer_seconds(start, end)
         if chaos.sampler.max_writers(start, end) > 1:
             violations.append(f"two masters' named ran at once for {dual:.3f}s")
+        violations += chaos.sampler.owner_mismatches(start, end)
         regressions = chaos.sampler.epoch_regressions(start, end)
         if regressions:
             violations.append(f"the epoch went back: {regressions[:3]}")

@@ -25,8 +25,9 @@ from harness.writer import Ack, served_names
 @dataclass
 class WriterSample:
     at: float  # monotonic
-    writers: tuple[int, ...]  # pids of the masters' running named
+    writers: tuple[str, ...]  # the pods (work dir names) whose named runs
     epoch: int | None
+    owner: str | None  # the pod the owner record on the volume names
 
 
 @dataclass
@@ -56,12 +57,14 @@ class FenceSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            writers = tuple(p.pid for p in master_named(self.master_dirs))
-            try:
-                epoch: int | None = self.volume.read_epoch()
-            except Exception:  # a remounted or full volume: the epoch is just unknown
-                epoch = None
-            self.samples.append(WriterSample(time.monotonic(), writers, epoch))
+            writers = tuple(_pod_of(p, self.master_dirs) for p in master_named(self.master_dirs))
+            epoch: int | None = None
+            owner: str | None = None
+            with contextlib.suppress(Exception):  # a full or immutable volume: unknown
+                epoch = self.volume.read_epoch()
+                record = self.volume.read_owner()
+                owner = record.pod if record else None
+            self.samples.append(WriterSample(time.monotonic(), writers, epoch, owner))
             self._stop.wait(self.interval)
 
     def since(self, start: float, end: float | None = None) -> list[WriterSample]:
@@ -75,6 +78,19 @@ class FenceSampler:
 
     def max_writers(self, start: float, end: float | None = None) -> int:
         return max((len(s.writers) for s in self.since(start, end)), default=0)
+
+    def owner_mismatches(self, start: float, end: float | None = None) -> list[str]:
+        """Runs of 3+ samples (75 ms) where the one running named is not the pod the
+        owner record names: the fence and the process table disagree. (A single
+        sample can fall between the owner write and named's start of a takeover.)"""
+        out, run = [], 0
+        for sample in self.since(start, end):
+            lone = sample.writers[0] if len(sample.writers) == 1 else None
+            bad = lone is not None and sample.owner is not None and lone != sample.owner
+            run = run + 1 if bad else 0
+            if run == 3:
+                out.append(f"named of {lone} runs, the owner record names {sample.owner}")
+        return out
 
     def epoch_regressions(self, start: float, end: float | None = None) -> list[tuple[int, int]]:
         epochs = [s.epoch for s in self.since(start, end) if s.epoch is not None]
@@ -92,6 +108,11 @@ def master_named(master_dirs: list[Path]) -> list[psutil.Process]:
         if any(arg.startswith(prefix) for arg in info["cmdline"] or [] for prefix in prefixes):
             found.append(proc)
     return found
+
+
+def _pod_of(proc: psutil.Process, master_dirs: list[Path]) -> str:
+    cmdline = " ".join(proc.info.get("cmdline") or [])
+    return next((d.name for d in master_dirs if str(d) + "/" in cmdline), "?")
 
 
 def orphans(master_dirs: list[Path], supervisor_pids: set[int]) -> list[int]:
