@@ -268,25 +268,77 @@ def volume_full(c: ChaosLab, leader: MasterPod) -> Outcome:
 
 def _volume_fault(c: ChaosLab, leader: MasterPod, kind: str) -> Outcome:
     """named answers SERVFAIL and acknowledges nothing while the volume cannot be
-    written, then resumes by itself; the leader does not change."""
+    written, then resumes by itself; the leader reports it (its write probe) and does
+    not change."""
     out = Outcome()
     named = leader.named_processes()
     acked_before = len(c.writer.acks)
+    reported_before = _count(leader, "volume.unwritable")
     start = time.monotonic()
-    filler = c.shared_mount.break_it(kind)
+    pids = [p.pid for p in c.lab.masters if p.alive()]
+    filler = c.shared_mount.break_it(kind, pids)
     try:
         time.sleep(c.timing["leaseDuration"])
-        # An ack during the fault would be an update named could not have journaled.
-        during = [a for a in c.writer.acks[acked_before:] if a.sent > start + 0.5]
-        out.figures["acked_during_fault"] = len(during)
-        out.expect(not during, f"{len(during)} updates acknowledged while the volume was "
-                               f"{kind} (first {during[0].name if during else ''})")
+        # Read-only: not one ack. Full: the journal's last block may still have room for
+        # a few updates (they are written, and must survive); then nothing.
+        slack = 0.5 if kind == "readonly" else 1.5
+        late = [a for a in c.writer.acks[acked_before:] if a.sent > start + slack]
+        out.figures["acked_during_fault"] = len(c.writer.acks) - acked_before
+        out.expect(not late, f"{len(late)} updates acknowledged {slack:g}s or more into a "
+                             f"{kind} volume (first {late[0].name if late else ''})")
+        out.expect(_count(leader, "volume.unwritable") > reported_before,
+                   f"{leader.name} did not report the {kind} volume (volume.unwritable)")
     finally:
-        c.shared_mount.heal(kind, filler)
+        c.shared_mount.heal(kind, filler, pids)
     healed = time.monotonic()
     out.figures["resume_after_heal_s"] = c.first_ack_from(leader, healed, timeout=30) - healed
     out.expect(leader.named_processes() == named and c.lab.holder() == leader.name,
                f"the leader or its named changed during a {kind} volume")
+    return out
+
+
+# -- corrupted .jnl ----------------------------------------------------------------
+
+def journal_cut(c: ChaosLab, leader: MasterPod) -> Outcome:
+    """The leader crashes and its zone's journal loses its tail (a torn write): the pod
+    that takes the Lease must not serve the partial replay: it keeps named stopped and
+    says journal-damaged. The 'operator' then restores the journal (from a snapshot;
+    here, the bytes saved before the cut) and the same pod starts named by itself."""
+    out = Outcome()
+    journals = sorted(c.lab.shared.glob("*.jnl"))
+    if not out.expect(bool(journals), "no journal on the shared volume to damage"):
+        return out
+    journal = journals[0]
+    signal_tree(pod_tree(leader), signal.SIGKILL)
+    leader.wait_exit(10)
+    saved = journal.read_bytes()
+    with journal.open("r+b") as stream:
+        stream.truncate(len(saved) - 20)  # inside the last transaction
+    start = time.monotonic()
+
+    def damaged() -> MasterPod | None:
+        holder = c.lab.holder()
+        if holder and holder != leader.name:
+            pod = c.lab.pod(holder)
+            return pod if _state(pod) == "journal-damaged" else None
+        return None
+
+    try:
+        holder = wait_until(damaged, c.timing["leaseDuration"] * 4,
+                            "the new Lease holder reports journal-damaged")
+        out.figures["refused_after_s"] = time.monotonic() - start
+        time.sleep(c.timing["retryPeriod"] * 3)
+        out.expect(c.sampler.max_writers(start) == 0,
+                   "a named ran on the cut journal")
+        out.expect(_state(holder) == "journal-damaged", f"{holder.name} left "
+                   "journal-damaged while the journal was still cut")
+    finally:
+        journal.write_bytes(saved)
+    repaired = time.monotonic()
+    new = c.new_leader(leader, timeout=c.timing["leaseDuration"] * 4)
+    out.figures["serving_after_repair_s"] = c.first_ack_from(new, repaired, timeout=30) \
+        - repaired
+    out.expect(new is holder, f"{new.name} leads, not {holder.name} which held the fence")
     return out
 
 
@@ -346,11 +398,13 @@ class SharedMount:
     """The shared directory as a tmpfs of its own, so a round can make it read-only or
     full without touching anything else on the machine (as a CephFS/NFS mount can be).
 
-    Read-only is every file and directory made immutable (``chattr -R +i``: writes fail
-    with EPERM where a read-only mount gives EROFS; named takes the same "journal write
-    failed" path), because ``mount -o remount,ro`` is refused with EBUSY while a file on
-    the mount is open for writing, and the storage lock's file always is. Full is a
-    filler file fallocated over the free space (ENOSPC).
+    Read-only is a read-only bind mount stacked on the directory, in each master pod's
+    mount namespace (``ip netns exec`` gives each pod one): every open from then on
+    meets EROFS. (``mount -o remount,ro`` of the volume itself is refused with EBUSY
+    while a file on it is open for writing, and the storage lock's file always is; the
+    files opened before keep their mount, as on a real client that turned read-only
+    only for new operations.) Full is a filler file fallocated over the free space
+    (ENOSPC).
     """
 
     def __init__(self, path: Path, size_mib: int = 256) -> None:
@@ -359,9 +413,13 @@ class SharedMount:
         _run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0755", "bindha-chaos",
               str(path)])
 
-    def break_it(self, kind: str) -> Path | None:
+    def break_it(self, kind: str, pids: list[int]) -> Path | None:
+        """Make the volume read-only (in the mount namespace of each of ``pids``: every
+        pod in a network namespace has its own) or full (the one tmpfs all share)."""
         if kind == "readonly":
-            _run(["chattr", "-R", "+i", str(self.path)])
+            for pid in pids:
+                self._in_namespace(pid, ["mount", "--bind", str(self.path), str(self.path)])
+                self._in_namespace(pid, ["mount", "-o", "remount,bind,ro", str(self.path)])
             return None
         filler = self.path / ".chaos-filler"
         fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
@@ -382,11 +440,16 @@ class SharedMount:
             raise RuntimeError(f"could not fill {self.path}: {free} blocks still free")
         return filler
 
-    def heal(self, kind: str, filler: Path | None) -> None:
+    def heal(self, kind: str, filler: Path | None, pids: list[int]) -> None:
         if kind == "readonly":
-            _run(["chattr", "-R", "-i", str(self.path)])
+            for pid in pids:
+                self._in_namespace(pid, ["umount", "-l", str(self.path)])
         elif filler is not None:
             filler.unlink(missing_ok=True)
+
+    @staticmethod
+    def _in_namespace(pid: int, argv: list[str]) -> None:
+        _run(["nsenter", "-t", str(pid), "-m", "--", *argv])
 
     def close(self) -> None:
         subprocess.run(["umount", "-l", str(self.path)], capture_output=True, timeout=30,
@@ -410,4 +473,5 @@ FAULTS: dict[str, Fault] = {
     "volume-readonly": volume_readonly,
     "volume-full": volume_full,
     "bad-config": bad_config,
+    "journal-cut": journal_cut,
 }
