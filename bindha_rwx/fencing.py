@@ -13,6 +13,8 @@ Layout under ``dynDir/.bindha/`` (DESIGN "Shared volume layout"):
   atomically (temp file, fsync, rename, fsync of the folder). A leader that sees the
   epoch move under it has been fenced and must stop ``named`` at once.
 - ``owner.json``: who holds the lock (pod, node, pod IP, pid, epoch, since).
+- ``probe.<pod>``: the fence holder's write probe (bindha_rwx.volume); ``damaged/``:
+  journals the runbook moved aside (docs/runbooks/journal-out-of-sync.md).
 
 File I/O on a dead network volume can block without bound; the supervisor never
 does it on the thread that renews the Lease or on the thread that kills ``named``.

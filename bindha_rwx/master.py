@@ -3,10 +3,12 @@
 States of this pod, and what moves it:
 
     standby ──Lease won──▶ fencing ──lock taken, epoch bumped──▶ leader
-       ▲                     │ lock held by another                │
-       │                     ▼                                     │
-       │             blocked-on-fence (keeps the Lease, retries)   │
-       └──── Lease lost / epoch moved / named crash-looping ◀──────┘
+       ▲                     │ lock held by another    │ a journal   │
+       │                     ▼                         ▼ is damaged  │
+       │             blocked-on-fence        journal-damaged         │
+       │             (keeps the Lease,       (keeps the fence, no    │
+       │              retries)                named; re-checks)      │
+       └──── Lease lost / epoch moved / named crash-looping ◀────────┘
     any state ──SIGTERM──▶ stopping: leave the Service, stop named, unlock, release
 
 Threads, each with one job (DESIGN: "Liveness of the fence beats everything"):
@@ -18,6 +20,8 @@ Threads, each with one job (DESIGN: "Liveness of the fence beats everything"):
 - controller: the state machine below. It starts named, so it lives as long as the
   process (named's parent-death signal fires when the thread that forked it ends);
 - publisher: pod labels and Events (bindha_rwx.kube);
+- volume-probe: while this pod holds the fence, a write + fsync in ``.bindha/`` on a
+  worker thread of its own (bindha_rwx.volume); it reports, it never stops named;
 - the main thread: signals and, as PID 1, reaping orphans.
 
 Invariant 3: a new leader acquires the Lease, then the lock, bumps the epoch, writes
@@ -48,6 +52,15 @@ from bindha_rwx.election import (
 )
 from bindha_rwx.fencing import FenceError, Owner, SharedVolume, StorageLock
 from bindha_rwx.files import atomic_write
+from bindha_rwx.journal import RUNBOOK as JOURNAL_RUNBOOK
+from bindha_rwx.journal import (
+    Damage,
+    check_journals,
+    explain_all,
+    same_damage,
+    timed_check,
+    zone_journals,
+)
 from bindha_rwx.kube import Publisher
 from bindha_rwx.log import get_logger
 from bindha_rwx.metrics import Metrics
@@ -56,6 +69,8 @@ from bindha_rwx.probes import RunState, RuntimeFiles, write_role_file
 from bindha_rwx.reaper import reap_orphans
 from bindha_rwx.reload import ConfigSource, applied, candidate, refused
 from bindha_rwx.render import RNDC_KEY_NAME, render_bootstrap_zone, render_primary
+from bindha_rwx.volume import RUNBOOK as VOLUME_RUNBOOK
+from bindha_rwx.volume import VolumeHealth, VolumeProbe
 
 log = get_logger("master")
 
@@ -69,6 +84,7 @@ class State(Enum):
     STANDBY = "standby"
     BLOCKED = "blocked-on-fence"
     LEADER = "leader"
+    DAMAGED = "journal-damaged"
     STOPPING = "stopping"
 
 
@@ -111,6 +127,12 @@ class Master:
         self._serving_since: float | None = None
         self._blocked_since: float | None = None
         self._next_state_write = 0.0
+        self.damaged: list[Damage] = []
+        self._next_journal_check = 0.0
+        self.volume_probe = VolumeProbe(
+            self.volume.meta_dir / f"probe.{config.pod.name}", interval=timing.retry_period,
+            timeout=max(1.0, 2 * timing.retry_period), active=self._holds_fence,
+            on_change=self._on_volume_change)
 
     # -- entry point (main thread) ---------------------------------------------
 
@@ -133,6 +155,7 @@ class Master:
             threading.Thread(target=self._guard, name="guard", daemon=True),
             threading.Thread(target=self._control, name="controller", daemon=True),
             threading.Thread(target=self.endpoints.run, name="endpoints", daemon=True),
+            threading.Thread(target=self.volume_probe.run, name="volume-probe", daemon=True),
         ]
         self.publisher.start()
         for thread in threads:
@@ -157,6 +180,31 @@ class Master:
         self.targets = addresses
         self._targets_changed_at = time.monotonic()
         self._wake.set()
+
+    def _holds_fence(self) -> bool:
+        """For the volume probe's thread: no I/O, reads two fields."""
+        lock = self.lock
+        return self.state in (State.LEADER, State.DAMAGED) and lock is not None and lock.held
+
+    def _on_volume_change(self, before: VolumeHealth, health: VolumeHealth) -> None:
+        """volume-probe thread: say it; nothing here blocks (the Event is queued)."""
+        if health.writable is None:
+            self.metrics.remove("volume_writable")
+            return
+        self.metrics.set("volume_writable", 1 if health.writable else 0)
+        if health.writable:
+            log.info("volume.writable", path=str(self.volume_probe.path),
+                     write_seconds=round(health.seconds or 0.0, 4), free_bytes=health.free_bytes,
+                     again=before.writable is False)
+            if before.writable is False:
+                self.publisher.event("VolumeWritable", "the shared volume takes writes again")
+            return
+        self.metrics.inc("volume_probe_failures_total")
+        log.error("volume.unwritable", problem=health.problem, named="kept running: it "
+                  "answers SERVFAIL to updates and resumes by itself", runbook=VOLUME_RUNBOOK)
+        self.publisher.event("VolumeUnwritable", f"the shared volume is {health.problem}; "
+                             f"named answers updates with SERVFAIL until it is writable; see "
+                             f"{VOLUME_RUNBOOK}", "Warning")
 
     def _managed_pids(self) -> set[int]:
         named = self.named
@@ -222,13 +270,15 @@ class Master:
             return
         self._check_reload()
         holds = self.elector.holds()
-        if self.state in (State.LEADER, State.BLOCKED) and not holds:
+        if self.state in (State.LEADER, State.BLOCKED, State.DAMAGED) and not holds:
             self._drop_leadership("the Lease is no longer held", step_down=False)
             return
         if not holds:
             return
         if self.state in (State.STANDBY, State.BLOCKED):
             self._take_fence()
+        elif self.state is State.DAMAGED:
+            self._wait_for_journals()
         elif self.state is State.LEADER:
             self._lead()
 
@@ -260,14 +310,77 @@ class Master:
         self.metrics.inc("fence_blocked_seconds_total", blocked_for)
         log.info("fence.acquired", epoch=epoch, generation=generation,
                  blocked_seconds=round(blocked_for, 3))
+        self._next_epoch_check = time.monotonic() + self.config.timing.retry_period
         self._bootstrap_zones()
+        if self._journals_damaged():
+            return
+        self._begin_serving()
+
+    def _begin_serving(self) -> None:
+        """Fence held and journals sound: named.conf, named, the leader's label."""
         self._write_named_conf()
         self.state = State.LEADER
         self._start_named()
         write_role_file(self.config.paths.role_file, "leader")
         self.publisher.publish_role("leader")
-        self.publisher.event("LeaderAcquired", f"{self.config.pod.name} leads with epoch {epoch}")
-        self._next_epoch_check = time.monotonic() + self.config.timing.retry_period
+        self.publisher.event("LeaderAcquired",
+                             f"{self.config.pod.name} leads with epoch {self.epoch}")
+
+    def _journals_damaged(self) -> bool:
+        """Check every zone's journal before named may open it (DESIGN: corrupted .jnl).
+
+        A damaged one keeps named stopped and the fence held (state journal-damaged):
+        every master sees the same volume, so stepping down would only pass the same
+        refusal round the pods, and a held fence lets the operator repair the files
+        with no named running on them anywhere. Re-checked every retryPeriod, so the
+        runbook's repair is picked up without a restart.
+        """
+        journals = zone_journals(self.config.paths.dyn_dir,
+                                 [(z.name, z.file_name) for z in self.config.zones])
+        damaged, took = timed_check(journals)
+        self.metrics.set("journal_check_seconds", took)
+        self.metrics.set("journals_damaged", len(damaged))
+        self._next_journal_check = time.monotonic() + self.config.timing.retry_period
+        if not damaged:
+            if self.damaged:
+                log.info("journal.repaired", zones=[d.zone for d in self.damaged],
+                         seconds=round(took, 4))
+                self.publisher.event("JournalRepaired", "every journal checks out: starting "
+                                     "named")
+            else:
+                log.info("journal.checked", journals=len(journals), seconds=round(took, 4))
+            self.damaged = []
+            return False
+        first_time = self.state is not State.DAMAGED or not same_damage(damaged, self.damaged)
+        if first_time:
+            self.damaged = explain_all(damaged)  # BIND's words, for the first few
+        if self.state is State.LEADER:  # a restart after a crash: leave the Service
+            write_role_file(self.config.paths.role_file, "standby")
+            self.publisher.publish_role("standby")
+        self.state = State.DAMAGED
+        if first_time:
+            for damage in self.damaged:
+                log.error("journal.damaged", **damage.as_dict(), named="not started",
+                          runbook=JOURNAL_RUNBOOK)
+            names = ", ".join(d.zone for d in damaged[:5]) + (
+                f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+            message = (f"named not started: damaged journal of {names}: "
+                       f"{self.damaged[0].summary()}; this pod keeps the fence; see "
+                       f"{JOURNAL_RUNBOOK}")
+            self.publisher.event("JournalDamaged", message[:1000], "Warning")
+        return True
+
+    def _wait_for_journals(self) -> None:
+        """journal-damaged: keep the fence honest, then re-check the journals."""
+        record, _ = self.elector.observed()
+        target = record.annotations.get(SWITCHOVER_ANNOTATION) if record else None
+        if target and target != self.config.pod.name:
+            self._hand_over(target)
+            return
+        if self._fence_moved():
+            return
+        if time.monotonic() >= self._next_journal_check and not self._journals_damaged():
+            self._begin_serving()
 
     def _owner_text(self) -> str:
         try:
@@ -291,17 +404,8 @@ class Master:
         if target and target != self.config.pod.name:
             self._hand_over(target)
             return
-        if now >= self._next_epoch_check:
-            self._next_epoch_check = now + self.config.timing.retry_period
-            epoch = self.volume.read_epoch()
-            generation = self.volume.read_generation()
-            if epoch != self.epoch or (self.lock and generation != self.lock.generation):
-                log.error("fence.self_fence", our_epoch=self.epoch, epoch_on_disk=epoch,
-                          generation=generation)
-                self.publisher.event("SelfFenced", f"the epoch on the volume moved from "
-                                     f"{self.epoch} to {epoch}: named stopped", "Warning")
-                self._drop_leadership("the epoch moved", step_down=True)
-                return
+        if self._fence_moved():
+            return
         if (self.targets != self._rendered_targets and self.named is not None
                 and now - self._targets_changed_at >= NOTIFY_DEBOUNCE):
             before = self._rendered_targets
@@ -312,7 +416,8 @@ class Master:
         if named is None:
             if self._restart_at is not None and now >= self._restart_at:
                 self._restart_at = None
-                self._start_named()
+                if not self._journals_damaged():
+                    self._start_named()
             return
         ended = named.poll()
         if ended is None:
@@ -332,6 +437,23 @@ class Master:
         else:
             self._restart_at = now + delay
 
+    def _fence_moved(self) -> bool:
+        """Every retryPeriod: self-fence if the epoch or lock generation moved."""
+        now = time.monotonic()
+        if now < self._next_epoch_check:
+            return False
+        self._next_epoch_check = now + self.config.timing.retry_period
+        epoch = self.volume.read_epoch()
+        generation = self.volume.read_generation()
+        if epoch == self.epoch and not (self.lock and generation != self.lock.generation):
+            return False
+        log.error("fence.self_fence", our_epoch=self.epoch, epoch_on_disk=epoch,
+                  generation=generation)
+        self.publisher.event("SelfFenced", f"the epoch on the volume moved from "
+                             f"{self.epoch} to {epoch}: named stopped", "Warning")
+        self._drop_leadership("the epoch moved", step_down=True)
+        return True
+
     def _hand_over(self, target: str) -> None:
         """A switchover: leave the Service, stop named gracefully, unlock, release."""
         timing = self.config.timing
@@ -350,6 +472,7 @@ class Master:
             self.lock.release()
         self.epoch = None
         self._restart_at = None
+        self.damaged = []
         # Stay out until the target has it; _yields() would also stop us re-acquiring.
         self.elector.step_down(cooldown=2 * timing.lease_duration)
 
@@ -369,8 +492,9 @@ class Master:
         was = self.state
         self.epoch = None
         self._restart_at = None
+        self.damaged = []
         self._set_role_standby(publish=True)
-        if was is State.LEADER:
+        if was in (State.LEADER, State.DAMAGED):
             self.publisher.event("LeaderLost", reason, "Warning")
         log.warning("leader.dropped", reason=reason, was=was.value, step_down=step_down)
         if step_down:
@@ -403,6 +527,7 @@ class Master:
         self.elector.stop()
         self.watcher.stop()
         self.endpoints.stop()
+        self.volume_probe.stop()
         if was_leader:
             self.publisher.event("LeaderReleased", "graceful handover on termination")
         self.publisher.stop()
@@ -453,6 +578,16 @@ class Master:
         if merged is None:
             return
         previous = self.config
+        if self.state is State.LEADER:
+            # named loads an added zone at reconfig: its journal is checked first too.
+            known = {zone.name for zone in previous.zones}
+            added = [(z.name, z.file_name) for z in merged.zones if z.name not in known]
+            damaged = check_journals(zone_journals(merged.paths.dyn_dir, added))
+            if damaged:
+                refused(self._event, f"a new zone's journal is damaged: repair it "
+                        f"({JOURNAL_RUNBOOK}), then apply the config again",
+                        ValueError(damaged[0].summary()))
+                return
         self.config = merged
         if self.state is State.LEADER:
             try:
@@ -484,10 +619,23 @@ class Master:
         self.metrics.set("fence_blocked_seconds",
                          now - self._blocked_since if self._blocked_since else 0)
         self.metrics.set("also_notify_targets", len(self._rendered_targets or ()))
+        health = self.volume_probe.health()
+        if health.seconds is not None:
+            self.metrics.set("volume_write_seconds", health.seconds)
+        if health.free_bytes is not None:
+            self.metrics.set("volume_free_bytes", health.free_bytes)
+        detail = None
+        if self.state is State.DAMAGED:
+            detail = (f"named not started: {len(self.damaged)} damaged journal(s); see "
+                      f"{JOURNAL_RUNBOOK}")
+        elif health.writable is False:
+            detail = f"shared volume {health.problem}; see {VOLUME_RUNBOOK}"
         self.runtime.write_state(RunState(
             role="leader" if self.state is State.LEADER else "standby",
             state=self.state.value, pid=os.getpid(),
-            watch_connected=self.watcher.connected, epoch=self.epoch, updated=now))
+            watch_connected=self.watcher.connected, epoch=self.epoch, updated=now,
+            detail=detail, journals_damaged=[d.as_dict() for d in self.damaged],
+            volume=health.as_dict() if health.writable is not None else None))
 
 
 def budget_seconds(config: Config) -> float:

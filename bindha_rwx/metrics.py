@@ -25,6 +25,14 @@ DEFINITIONS: dict[str, tuple[str, str]] = {
     "config_reloads_total": ("counter", "config changes seen, per result"),
     "also_notify_targets": ("gauge", "addresses in also-notify (the secondaries' IPs)"),
     "epoch": ("gauge", "fencing epoch this pod holds (0 when not leading)"),
+    "journals_damaged": ("gauge", "zone journals found damaged by the last check (named "
+                         "is not started while > 0)"),
+    "journal_check_seconds": ("gauge", "duration of the last journal check of every zone"),
+    "volume_writable": ("gauge", "1 if the last write probe of the shared volume succeeded, "
+                        "0 if not (set while this pod holds the fence)"),
+    "volume_probe_failures_total": ("counter", "times the shared volume turned unwritable"),
+    "volume_write_seconds": ("gauge", "duration of the last write + fsync in .bindha/"),
+    "volume_free_bytes": ("gauge", "free bytes on the shared volume, as of the last probe"),
 }
 
 
@@ -44,6 +52,11 @@ class Metrics:
         key = (name, tuple(sorted(labels.items())))
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
+
+    def remove(self, name: str, **labels: str) -> None:
+        """Drop a value that means nothing now (a gauge only the fence holder sets)."""
+        with self._lock:
+            self._values.pop((name, tuple(sorted(labels.items()))), None)
 
     def get(self, name: str, **labels: str) -> float:
         with self._lock:

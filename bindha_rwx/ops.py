@@ -38,9 +38,13 @@ from bindha_rwx.election import (
     LeaseRecord,
 )
 from bindha_rwx.fencing import FenceError, SharedVolume
+from bindha_rwx.journal import RUNBOOK as JOURNAL_RUNBOOK
+from bindha_rwx.journal import check_journals, zone_journals
 from bindha_rwx.kube import CLUSTER_LABEL, COMPONENT_LABEL, CoreCalls, event_body
+from bindha_rwx.probes import RuntimeFiles
 
 API_TIMEOUT = 5.0
+STATUS_EXPLAINS = 50  # damaged journals explained by named-journalprint, one process each
 
 
 class OpsError(Exception):
@@ -159,8 +163,40 @@ class Ops:
             zones.append({"zone": zone.name, "leader_serial": leader_serial,
                           "leader_reachable": leader_serial is not None,
                           "secondaries": rows})
-        return {"lease": lease, "volume": self.volume_view(), "masters": masters,
-                "secondaries": secondaries, "zones": zones}
+        found = {"lease": lease, "volume": self.volume_view(), "masters": masters,
+                 "secondaries": secondaries, "zones": zones}
+        if found["volume"].get("reachable"):
+            found["journals"] = self.journals_view()
+        local = self.this_pod()
+        if local is not None:
+            found["this_pod"] = local
+        return found
+
+    def journals_view(self) -> dict[str, Any]:
+        """Every zone's journal by its header (read-only, safe while named writes)."""
+        journals = zone_journals(self.config.paths.dyn_dir,
+                                 [(z.name, z.file_name) for z in self.config.zones])
+        damaged = check_journals(journals, explain=STATUS_EXPLAINS)
+        view: dict[str, Any] = {"checked": len(journals), "damaged": len(damaged)}
+        if damaged:
+            view["problems"] = [d.as_dict() for d in damaged]
+            view["runbook"] = JOURNAL_RUNBOOK
+        return view
+
+    def this_pod(self) -> dict[str, Any] | None:
+        """The supervisor's own word when run inside a master pod (its state.json)."""
+        state = RuntimeFiles(self.config.paths.work_dir).read_state()
+        if state is None or state.role == "secondary":
+            return None
+        view: dict[str, Any] = {"pod": self.config.pod.name, "state": state.state,
+                                "role": state.role}
+        if state.detail:
+            view["detail"] = state.detail
+        if state.journals_damaged:
+            view["journals_damaged"] = state.journals_damaged
+        if state.volume is not None:
+            view["volume_probe"] = state.volume
+        return view
 
     def fence_status(self) -> dict[str, Any]:
         record = self.read_lease()

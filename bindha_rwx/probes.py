@@ -14,8 +14,9 @@ import json
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dns.exception
 import dns.message
@@ -34,11 +35,14 @@ class RunState:
     """What the supervisor tells its probes and `status` (written atomically)."""
 
     role: str  # leader | standby | secondary
-    state: str  # standby | blocked-on-fence | leader | stopping
+    state: str  # standby | blocked-on-fence | journal-damaged | leader | stopping
     pid: int
     watch_connected: bool
     epoch: int | None
     updated: float  # CLOCK_MONOTONIC of the write
+    detail: str | None = None  # why this state, for people (status, probe ready)
+    journals_damaged: list[dict[str, Any]] = field(default_factory=list)
+    volume: dict[str, Any] | None = None  # the write probe's last word, while leading
 
 
 class RuntimeFiles:
@@ -103,6 +107,8 @@ def probe_ready(config: Config) -> tuple[bool, str]:
         if state.role == "secondary" and state.state != "following":
             return False, "secondary: no leader known yet"
         return _named_answers(config, deadline)
+    if state.state == "journal-damaged":
+        return False, f"journal damaged: {state.detail}"
     if state.state == "blocked-on-fence":
         return False, "blocked on fence: holds the Lease, waits for the storage lock"
     if not state.watch_connected:

@@ -1,0 +1,182 @@
+"""The journal check (bindha_rwx.journal) against journals a real named wrote.
+
+Each kind of damage is checked three ways: our header check, BIND's named-journalprint,
+and BIND's loader (named-checkzone -j, the code named runs at start). The point: the
+one damage BIND loads silently (a cut tail) is the one the header check must catch.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import dns.query
+import dns.rcode
+import dns.update
+import pytest
+
+from bindha_rwx.journal import HEADER_SIZE, check_journals, read_header
+from bindha_rwx.render import render_bootstrap_zone, render_primary
+from harness.bindlab import NamedProcess, keyring, load_pod_config, write_pod_config
+
+pytestmark = [pytest.mark.named, pytest.mark.root]
+
+ZONE = "jnl.example."
+ZONES = [{"name": ZONE, "nameservers": [{"name": "ns1.jnl.example",
+                                         "addresses": ["192.0.2.1"]}],
+          "updatePolicy": [{"key": "update-key", "rule": "zonesub"}]}]
+UPDATES = 3
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory, address_pool, key_files) -> tuple[Path, Path]:
+    """(zone file, journal) after UPDATES updates, named stopped without a zone dump."""
+    root = tmp_path_factory.mktemp("journal")
+    dyn = root / "dyn"
+    dyn.mkdir()
+    ip = address_pool.take()
+    config = load_pod_config(write_pod_config(root / "pod", pod_ip=ip, dyn_dir=dyn,
+                                              key_files=key_files, zones=ZONES,
+                                              rndc_port=9571), "jnl", ip)
+    zone_file = dyn / config.zones[0].file_name
+    zone_file.write_text(render_bootstrap_zone(config.zones[0]))
+    named = NamedProcess.from_text(config, render_primary(config))
+    named.start()
+    try:
+        named.wait_serving()
+        key = config.keys["update-key"]
+        for i in range(UPDATES):
+            message = dns.update.UpdateMessage(ZONE, keyring=keyring(key), keyname=key.name)
+            message.add(f"h{i}", 300, "TXT", f'"update {i}"')
+            assert dns.query.tcp(message, ip, timeout=5).rcode() == dns.rcode.NOERROR
+    finally:
+        named.stop()  # SIGTERM: the updates stay in the journal only
+    return zone_file, Path(f"{zone_file}.jnl")
+
+
+def damaged_copy(seeded: tuple[Path, Path], tmp_path: Path, change) -> tuple[Path, Path]:
+    zone_file, journal = seeded
+    zone, jnl = tmp_path / zone_file.name, tmp_path / journal.name
+    shutil.copy(zone_file, zone)
+    shutil.copy(journal, jnl)
+    change(jnl)
+    return zone, jnl
+
+
+def journalprint(jnl: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["named-journalprint", str(jnl)], capture_output=True, text=True,
+                          timeout=10, check=False)
+
+
+def loaded_serial(zone: Path) -> int | None:
+    """The serial BIND's loader ends at with this zone file and its journal, or None."""
+    result = subprocess.run(["named-checkzone", "-j", ZONE, str(zone)], capture_output=True,
+                            text=True, timeout=10, check=False)
+    for line in result.stdout.splitlines():
+        if "loaded serial" in line and result.returncode == 0:
+            return int(line.rsplit(" ", 1)[1])
+    return None
+
+
+def header_of(jnl: Path):
+    header = read_header(jnl.read_bytes()[:HEADER_SIZE])
+    assert header is not None
+    return header
+
+
+def test_a_sound_journal_passes(seeded):
+    zone, jnl = seeded
+    assert check_journals([(ZONE, jnl)]) == []
+    assert check_journals([(ZONE, zone.with_name("absent.zone.jnl"))]) == []
+    assert loaded_serial(zone) == header_of(jnl).end_serial
+
+
+def replayed(zone: Path) -> subprocess.CompletedProcess[str]:
+    """The zone as BIND's loader replays it with its journal (named-compilezone -j)."""
+    return subprocess.run(["named-compilezone", "-j", "-o", "-", ZONE, str(zone)],
+                          capture_output=True, text=True, timeout=10, check=False)
+
+
+@pytest.mark.parametrize("cut", [20, "boundary"])
+def test_a_cut_tail_is_caught_where_bind_loads_it_silently(seeded, tmp_path, cut):
+    header = header_of(seeded[1])
+
+    def truncate(jnl: Path) -> None:
+        os.truncate(jnl, header.end_offset - 20)
+        if cut == "boundary":  # where the last complete transaction ends
+            intact = check_journals([(ZONE, jnl)])[0].intact_bytes
+            assert intact is not None
+            os.truncate(jnl, intact)
+
+    zone, jnl = damaged_copy(seeded, tmp_path, truncate)
+    [damage] = check_journals([(ZONE, jnl)])
+    assert "is cut" in damage.problem
+    assert damage.header_end_serial == header.end_serial
+    assert damage.intact_serial == header.end_serial - 1
+    # BIND: named-journalprint exits 0 on it, and the loader succeeds without a word,
+    # yet the last acknowledged update is gone. Cut inside the transaction, the loader
+    # even ends at the acknowledged serial, its SOA applied without its records.
+    assert journalprint(jnl).returncode == 0
+    zone_text = replayed(zone)
+    assert zone_text.returncode == 0, zone_text.stderr
+    assert f'"update {UPDATES - 1}"' not in zone_text.stdout
+    assert f'"update {UPDATES - 2}"' in zone_text.stdout
+    if cut == 20:
+        assert loaded_serial(zone) == header.end_serial
+    else:
+        assert loaded_serial(zone) == damage.intact_serial
+
+
+@pytest.mark.parametrize(("name", "change", "bind_words"), [
+    ("empty", lambda j: os.truncate(j, 0), "no more"),
+    ("shorter than its header", lambda j: os.truncate(j, 40), "no more"),
+    ("not a journal", lambda j: j.write_bytes(b"XXXX" + j.read_bytes()[4:]),
+     "format not recognized"),
+])
+def test_a_damaged_header_is_caught_and_bind_agrees(seeded, tmp_path, name, change,
+                                                     bind_words):
+    zone, jnl = damaged_copy(seeded, tmp_path, change)
+    [damage] = check_journals([(ZONE, jnl)])
+    assert damage.bind_says and bind_words in damage.bind_says, damage
+    assert journalprint(jnl).returncode == 1
+    assert loaded_serial(zone) is None  # named refuses the zone: loud, not silent
+
+
+def test_bytes_after_the_end_are_no_damage(seeded, tmp_path):
+    """What a crash between a write and the header's update leaves: BIND ignores it."""
+    zone, jnl = damaged_copy(seeded, tmp_path,
+                             lambda j: j.write_bytes(j.read_bytes() + os.urandom(100)))
+    assert check_journals([(ZONE, jnl)]) == []
+    assert loaded_serial(zone) == header_of(jnl).end_serial
+
+
+def test_garbage_inside_a_transaction_is_left_to_named_which_refuses_it(seeded, tmp_path):
+    def scribble(jnl: Path) -> None:
+        data = bytearray(jnl.read_bytes())
+        middle = (header_of(jnl).begin_offset + header_of(jnl).end_offset) // 2
+        data[middle:middle + 16] = b"\xff" * 16
+        jnl.write_bytes(bytes(data))
+
+    zone, jnl = damaged_copy(seeded, tmp_path, scribble)
+    assert check_journals([(ZONE, jnl)]) == []  # the header is sound
+    assert journalprint(jnl).returncode == 1
+    assert loaded_serial(zone) is None
+
+
+def test_checking_a_thousand_journals_costs_milliseconds(seeded, tmp_path):
+    _zone, jnl = seeded
+    zones = []
+    for i in range(1000):
+        copy = tmp_path / f"z{i}.example.zone.jnl"
+        shutil.copy(jnl, copy)
+        zones.append((f"z{i}.example.", copy))
+    started = time.monotonic()
+    assert check_journals(zones) == []
+    took = time.monotonic() - started
+    print(f"journal check of 1000 zones: {took * 1000:.1f} ms "
+          f"({took * 1e6 / 1000:.0f} us per zone)")
+    os.truncate(zones[500][1], 100)
+    assert [d.zone for d in check_journals(zones)] == ["z500.example."]
