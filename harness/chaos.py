@@ -410,8 +410,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = ChaosRun(root=root, rounds=args.rounds, faults=faults, seed=seed,
                           timing=timing, qps=args.qps).run()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    except (AssertionError, RuntimeError, OSError) as exc:
+        # The cluster never reached a steady state: keep every pod's log to read.
+        print(f"chaos: the run stopped: {exc}\nchaos: pods' logs kept under {root}",
+              file=sys.stderr)
+        return 1
+    shutil.rmtree(root, ignore_errors=True)
     report = {"machine": {"cpus": psutil.cpu_count(), "memory_gib": round(
                   psutil.virtual_memory().total / 2**30, 1), "platform": platform.platform(),
                   "python": platform.python_version()},
