@@ -250,6 +250,8 @@ class ChaosRun:
                              grace_seconds=budget_seconds(config) + 5)
             chaos.settle()
             chaos.queries = QueryLoad([s.ip for s in lab.secondaries], self.qps, self.root)
+            wait_until(lambda q=chaos.queries: all(r and r[-1] > 0 for r in q.rates(
+                0, time.time() + 1)), 30, "dnsperf answered by both secondaries")
             for index, name in enumerate(order, 1):
                 record = self.round(chaos, index, name, FAULTS[name])
                 self.records.append(record)
@@ -427,6 +429,12 @@ def main(argv: list[str] | None = None) -> int:
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"chaos: {len(result['rounds'])} rounds, {result['violations']} violations; "
           f"written to {args.output}", flush=True)
+    try:
+        from benchmarks.chaos_report import report_and_plots
+    except ImportError as exc:  # matplotlib is in the bench extra only
+        print(f"chaos: no plots ({exc}); BINDHA_SETUP_BENCH=1 scripts/setup.sh adds them")
+    else:
+        report_and_plots(args.output)
     return 0 if result["violations"] == 0 else 1
 
 

@@ -193,8 +193,10 @@ def api_down(c: ChaosLab, leader: MasterPod) -> Outcome:
     finally:
         for pod in c.lab.pods:
             pod.proxy.restore()
+    healed = time.monotonic()
     new = c.any_leader(timeout=c.timing["leaseDuration"] * 4)
-    out.figures["write_gap_s"] = c.first_ack_from(new, start, timeout=30) - start
+    out.figures["writes_resume_after_heal_s"] = c.first_ack_from(new, healed, timeout=30) \
+        - healed
     return out
 
 
