@@ -8,10 +8,16 @@ in ``workDir/bindha/primary``, so a restarted secondary serves at once.
 
 The leader's IP comes from the Lease (annotation ``bindha.io/leader-ip``, written
 with the acquiring write itself), watched, so a new leader is known within one watch
-event. On a change: re-render, named-checkconf, ``rndc reconfig``, ``rndc refresh``
-each zone; then, until converged, compare each zone's serial with the leader's and
-refresh again where it lags (a NOTIFY sent before our reconfig would have been
-refused, and the SOA refresh timer is far too slow to wait for).
+event. On a change: re-render, named-checkconf, ``rndc reconfig``: that is the switch,
+and it costs the same at 1 zone or 1,000. Then passes compare every zone's serial with
+the leader's, concurrently (bindha_rwx.soa), and ``rndc refresh`` only the zones that
+lag, on a small pool (a NOTIFY sent before our reconfig would have been refused, and
+the SOA refresh timer is far too slow to wait for).
+
+The controller thread alone writes the liveness heartbeat, between bounded steps
+(every subprocess and query has a timeout, a SOA pass a deadline), and stops writing
+it when a refresh worker is stuck past its timeout: a fresh heartbeat means the
+controller is alive and its work moves (docs/secondaries.md).
 """
 
 from __future__ import annotations
@@ -20,13 +26,9 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import dns.exception
-import dns.message
-import dns.query
-import dns.rcode
-import dns.rdatatype
 from kubernetes import client
 
 from bindha_rwx.bindtools import BindToolError, check_conf, ensure_key_file
@@ -40,10 +42,79 @@ from bindha_rwx.probes import RunState, RuntimeFiles, write_role_file
 from bindha_rwx.reaper import reap_orphans
 from bindha_rwx.reload import ConfigSource, applied, candidate
 from bindha_rwx.render import RNDC_KEY_NAME, render_secondary
+from bindha_rwx.soa import ask_serials
 
 log = get_logger("secondary")
 CONVERGE_WINDOW = 15.0  # seconds of close watch after a primary change or a reload
+CONVERGE_EVERY = 0.5  # seconds between SOA passes inside that window (retryPeriod after)
 CONVERGE_GRACE = 1.0  # a lag must last this long before we refresh (NOTIFY goes first)
+FIRST_COPY_GRACE = 5.0  # a zone we have no copy of is named's own first transfer: wait
+PASS_BUDGET = 2.0  # seconds at most per SOA pass (and at most renewDeadline / 2)
+REFRESH_WORKERS = 8  # concurrent `rndc refresh` processes
+REFRESH_BACKOFF_MAX = 16.0  # seconds: the longest wait between refreshes of one lagging zone
+REFRESH_DEADLINE = 10.0  # a queued refresh not started by then is dropped (the next pass
+#                          finds what still lags)
+
+
+class Refresher:
+    """``rndc refresh`` of lagging zones on a bounded pool; the controller never waits.
+
+    Jobs belong to a generation: a new primary (drop()) cancels what has not started,
+    and a job that starts after its deadline does nothing. stuck() names a job running
+    well past its rndc timeout, which only a hung host can cause.
+    """
+
+    def __init__(self, workers: int = REFRESH_WORKERS) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="refresh")
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._queued: dict[str, Future[None]] = {}
+        self._running: dict[str, float] = {}  # zone -> CLOCK_MONOTONIC of its start
+
+    def busy(self, zone: str) -> bool:
+        future = self._queued.get(zone)
+        return future is not None and not future.done()
+
+    def submit(self, rndc: Rndc, zones: list[str], deadline: float, timeout: float) -> None:
+        for zone in zones:
+            self._queued[zone] = self._pool.submit(self._job, rndc, zone, self._generation,
+                                                   deadline, timeout)
+
+    def reap(self) -> None:
+        for zone in [z for z, f in self._queued.items() if f.done()]:
+            del self._queued[zone]
+
+    def drop(self) -> int:
+        """Forget every job of the current generation; how many had not finished."""
+        with self._lock:
+            self._generation += 1
+        pending = sum(1 for f in self._queued.values() if not f.done())
+        for future in self._queued.values():
+            future.cancel()
+        self._queued.clear()
+        return pending
+
+    def stuck(self, now: float, limit: float) -> str | None:
+        with self._lock:
+            return next((z for z, t in self._running.items() if now - t > limit), None)
+
+    def close(self) -> None:
+        self.drop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _job(self, rndc: Rndc, zone: str, generation: int, deadline: float,
+             timeout: float) -> None:
+        with self._lock:
+            if generation != self._generation or time.monotonic() > deadline:
+                return
+            self._running[zone] = time.monotonic()
+        try:
+            rndc.run("refresh", zone, timeout=timeout)
+        except NamedError as exc:
+            log.warning("zone.refresh_failed", zone=zone, error=str(exc)[:200])
+        finally:
+            with self._lock:
+                self._running.pop(zone, None)
 
 
 class Secondary:
@@ -57,6 +128,7 @@ class Secondary:
         self.watcher = LeaseWatcher(self.lease, self._observe, config.timing)
         self.publisher = Publisher(api, config, timeout=config.timing.retry_period)
         self.restarts = RestartPolicy(max_crashes=10**9, max_delay=config.timing.lease_duration)
+        self.refresher = Refresher()
         self.shutdown = threading.Event()
         self.finished = threading.Event()
         self._wake = threading.Event()
@@ -64,15 +136,27 @@ class Secondary:
         self.primary: str | None = None
         self.named: NamedProcess | None = None
         self._restart_at: float | None = None
+        self._render_needed = False  # a reloaded config waits for its re-render
+        self._follow_after = 0.0  # after a failed switch, when to try again
+        self._followed_at: float | None = None  # the last switch, until zones converged
+        self._fresh_switch = False  # no grace for lags found by the first pass after it
         self._converge_until = 0.0
         self._next_check = 0.0
         self._next_reload = 0.0
-        self._refreshed_at: dict[str, float] = {}
+        self._stuck_said = False
+        self._refresh_after: dict[str, tuple[float, float]] = {}  # zone -> (not before, backoff)
         self._lagging_since: dict[str, float] = {}
 
     @property
     def primary_file(self) -> Path:
         return self.runtime.dir / "primary"
+
+    @property
+    def _rndc_timeout(self) -> float:
+        """For `rndc reconfig`: named rereads every zone's config, so it gets more than
+        retryPeriod, but stays well inside renewDeadline (the heartbeat waits on it)."""
+        timing = self.config.timing
+        return max(timing.retry_period, timing.renew_deadline / 2)
 
     # -- main thread ------------------------------------------------------------
 
@@ -127,7 +211,7 @@ class Secondary:
             while not self.shutdown.is_set():
                 self._wake.wait(tick)
                 self._wake.clear()
-                self.runtime.beat()
+                self._beat()
                 if self.shutdown.is_set():
                     break
                 try:
@@ -135,6 +219,7 @@ class Secondary:
                 except (OSError, BindToolError, NamedError) as exc:
                     log.error("secondary.error", error=f"{type(exc).__name__}: {exc}"[:300])
                 self._write_state()
+            self.refresher.close()
             named, self.named = self.named, None
             if named is not None:
                 ended = named.stop(self.config.timing.stop_timeout)
@@ -144,36 +229,67 @@ class Secondary:
         finally:
             self.finished.set()
 
+    def _beat(self) -> None:
+        """The liveness heartbeat, written by the controller between bounded steps.
+
+        Never from a thread of its own: that would beat on while the controller hangs.
+        A refresh worker stuck far past its rndc timeout withholds it too.
+        """
+        limit = self.config.timing.retry_period + self.config.timing.renew_deadline
+        stuck = self.refresher.stuck(time.monotonic(), limit)
+        if stuck is not None:
+            if not self._stuck_said:
+                self._stuck_said = True
+                log.error("secondary.stuck", zone=stuck, limit=limit,
+                          note="an rndc refresh outlived its timeout; liveness withheld")
+            return
+        self._stuck_said = False
+        self.runtime.beat()
+
     def _step(self) -> None:
         now = time.monotonic()
         self._check_reload(now)
         wanted = self.wanted_primary
-        if wanted and wanted != self.primary:
+        if wanted and (wanted != self.primary or self._render_needed) \
+                and now >= self._follow_after:
             self._follow(wanted)
         self._mind_named(now)
-        if self.named is not None and self.primary and (
-                now < self._converge_until or now >= self._next_check):
-            self._next_check = now + self.config.timing.retry_period
-            self._converge(now)
+        self.refresher.reap()
+        if self.named is not None and self.primary and now >= self._next_check:
+            inside = now < self._converge_until
+            self._next_check = now + (CONVERGE_EVERY if inside
+                                      else self.config.timing.retry_period)
+            self._beat()
+            self._converge()
 
     def _follow(self, primary: str) -> None:
+        """Switch named to ``primary``: render, check, reconfig. No per-zone work here,
+        so a switch takes the same time whatever the zone count."""
+        started = time.monotonic()
+        self._follow_after = started + self.config.timing.retry_period  # if this fails
         text = render_secondary(self.config, primary)
         check_conf(text)
+        self._beat()
         atomic_write(self.config.paths.named_conf, text)
         atomic_write(self.primary_file, primary + "\n")
-        previous, self.primary = self.primary, primary
-        self._converge_until = time.monotonic() + CONVERGE_WINDOW
-        self._refreshed_at.clear()
-        self._lagging_since.clear()
+        dropped = self.refresher.drop()  # refreshes aimed at the old primary
         if self.named is None:
             if self._restart_at is None:
                 self._start_named()
         else:
-            rndc = Rndc(self.config)
-            rndc.reconfig(timeout=self.config.timing.retry_period)
-            for zone in self.config.zones:
-                rndc.run("refresh", zone.name, timeout=self.config.timing.retry_period)
-        log.info("primary.following", primary=primary, previous=previous)
+            self._beat()
+            Rndc(self.config).reconfig(timeout=self._rndc_timeout)
+        previous, self.primary = self.primary, primary
+        self._render_needed = False
+        self._follow_after = 0.0
+        now = time.monotonic()
+        self._followed_at, self._fresh_switch = now, True
+        self._converge_until = now + CONVERGE_WINDOW
+        self._next_check = 0.0  # compare serials at once
+        self._refresh_after.clear()
+        self._lagging_since.clear()
+        log.info("primary.following", primary=primary, previous=previous,
+                 seconds=round(now - started, 3), refreshes_dropped=dropped)
 
     def _start_named(self) -> None:
         named = NamedProcess(self.config, self.config.paths.named_conf)
@@ -196,48 +312,81 @@ class Secondary:
         log.error("named.crashed", returncode=ended.returncode, restart_in=delay)
         self.publisher.event("NamedCrashed", f"named exited with {ended.returncode}", "Warning")
 
-    def _converge(self, now: float) -> None:
-        """Refresh a zone whose serial has lagged the leader's for CONVERGE_GRACE.
+    def _converge(self) -> None:
+        """One SOA pass over every zone, at the primary and here; refresh what lags.
 
         NOTIFY is the normal path and takes milliseconds; refreshing on every small lag
         would race it (named then logs "refresh in progress, refresh check queued" and
-        the NOTIFY waits for our refresh). So only a lag that outlives the grace, such
-        as a NOTIFY refused before our reconfig, is refreshed here.
+        the NOTIFY waits for our refresh). So only a lag that outlives CONVERGE_GRACE is
+        refreshed, except in the first pass after a switch: a zone behind then missed a
+        NOTIFY that named refused before our reconfig. A zone that stays behind (or
+        still loading) is refreshed again with a doubling backoff. The pass stops when
+        the primary changes, stops answering, or at its deadline; the next one starts
+        from scratch.
         """
-        assert self.primary is not None
-        rndc = Rndc(self.config)
-        for zone in self.config.zones:
-            theirs = _serial(self.primary, self.config.ports.dns, zone.name)
-            ours = _serial(self.config.local_address, self.config.ports.dns, zone.name)
-            if theirs is None or (ours is not None and not _serial_lt(ours, theirs)):
-                self._lagging_since.pop(zone.name, None)
+        primary = self.primary
+        assert primary is not None
+        local = self.config.local_address
+        zones = [zone.name for zone in self.config.zones]
+        budget = min(PASS_BUDGET, self.config.timing.renew_deadline / 2)
+        result = ask_serials(
+            [primary, local], zones, port=self.config.ports.dns,
+            deadline=time.monotonic() + budget, progress=self._beat,
+            abandon=lambda: self.shutdown.is_set() or self.wanted_primary != primary)
+        if primary in result.silent or not result.answered[primary]:
+            return  # not serving yet, or gone: the Lease will name the next one
+        now = time.monotonic()
+        theirs, ours, heard = result.serials[primary], result.serials[local], \
+            result.answered[local]
+        fresh, self._fresh_switch = self._fresh_switch, False
+        lagging: list[str] = []
+        behind = 0
+        for zone in zones:
+            their = theirs.get(zone)
+            if their is None or zone not in heard:
+                continue  # unknown this pass
+            our = ours.get(zone)
+            if our is not None and not _serial_lt(our, their):
+                self._lagging_since.pop(zone, None)
+                self._refresh_after.pop(zone, None)
                 continue
-            since = self._lagging_since.setdefault(zone.name, now)
-            if now - since < CONVERGE_GRACE:
+            behind += 1
+            since = self._lagging_since.setdefault(zone, now)
+            grace = (FIRST_COPY_GRACE if our is None  # named transfers it already
+                     else 0.0 if fresh else CONVERGE_GRACE)
+            if now - since < grace:
                 continue
-            if now - self._refreshed_at.get(zone.name, -1e9) < CONVERGE_GRACE:
+            not_before, backoff = self._refresh_after.get(zone, (0.0, CONVERGE_GRACE / 2))
+            if self.refresher.busy(zone) or now < not_before:
                 continue
-            self._refreshed_at[zone.name] = now
-            log.info("zone.refresh", zone=zone.name, ours=ours, leader=theirs,
-                     lagging_seconds=round(now - since, 2))
-            try:
-                rndc.run("refresh", zone.name, timeout=self.config.timing.retry_period)
-            except NamedError as exc:
-                log.warning("zone.refresh_failed", zone=zone.name, error=str(exc)[:200])
+            backoff = min(backoff * 2, REFRESH_BACKOFF_MAX)  # 1 s, 2 s, 4 s ... while it lags
+            self._refresh_after[zone] = (now + backoff, backoff)
+            lagging.append(zone)
+        if lagging:
+            log.info("zones.refresh", count=len(lagging), zones=lagging[:10],
+                     after_switch=fresh)
+            self.refresher.submit(Rndc(self.config), lagging,
+                                  deadline=now + REFRESH_DEADLINE,
+                                  timeout=self.config.timing.retry_period)
+        all_known = result.complete and len(theirs) == len(zones) and len(heard) == len(zones)
+        if behind == 0 and all_known and self._followed_at is not None:
+            log.info("zones.converged", zones=len(zones), primary=primary,
+                     seconds_since_switch=round(now - self._followed_at, 3))
+            self._followed_at = None
 
     def _check_reload(self, now: float) -> None:
         if self.source is None or now < self._next_reload:
             return
         self._next_reload = now + self.config.timing.retry_period
+        self._beat()  # parsing and checking a large config takes a moment
         merged = candidate(self.source, self.config,
                            lambda c: render_secondary(c, self.primary or "127.0.0.1"),
                            self.publisher.event)
         if merged is None:
             return
         previous, self.config = self.config, merged
-        if self.primary:
-            self.primary, wanted = None, self.primary
-            self._follow(wanted)  # re-render and reconfig with the new zone list
+        self._render_needed = True  # _step re-renders and reconfigs with the new zone list
+        self._follow_after = 0.0
         applied(self.publisher.event, previous, merged, "secondary")
 
     def _write_state(self) -> None:
@@ -245,17 +394,6 @@ class Secondary:
             role="secondary", state="following" if self.primary else "waiting-for-leader",
             pid=os.getpid(), watch_connected=self.watcher.connected, epoch=None,
             updated=time.monotonic()))
-
-
-def _serial(server: str, port: int, zone: str) -> int | None:
-    try:
-        answer = dns.query.udp(dns.message.make_query(zone, dns.rdatatype.SOA), server,
-                               port=port, timeout=0.3)
-    except (dns.exception.DNSException, OSError):
-        return None
-    if answer.rcode() != dns.rcode.NOERROR or not answer.answer:
-        return None
-    return int(answer.answer[0][0].serial)
 
 
 def _serial_lt(a: int, b: int) -> bool:

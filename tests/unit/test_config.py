@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bindha_rwx import config as config_module
 from bindha_rwx.config import (
     ConfigError,
     Timing,
@@ -231,6 +232,21 @@ def test_yaml_syntax_error_names_the_line():
     with pytest.raises(ConfigError) as info:
         parse_config("zones:\n  - name: [a\n", env=ENV)
     assert "not valid YAML at line" in info.value.problems[0]
+
+
+@pytest.mark.parametrize("loader", ["CSafeLoader", "SafeLoader"])
+def test_yaml_loader_c_when_built_in_pure_python_otherwise(monkeypatch, key_files, loader):
+    """libyaml's loader is ~8x faster at 1,000 zones; both give the same data and both
+    name the line of a syntax error."""
+    if loader == "CSafeLoader":
+        if not getattr(yaml, "__with_libyaml__", False):
+            pytest.skip("this PyYAML was built without libyaml")
+        assert config_module.YAML_LOADER is yaml.CSafeLoader  # the default when built in
+    monkeypatch.setattr(config_module, "YAML_LOADER", getattr(yaml, loader))
+    assert parse(base(key_files)).zones[0].name == "example.com."
+    with pytest.raises(ConfigError) as info:
+        parse_config("keys: []\nzones:\n  - name: [a\n", env=ENV)
+    assert info.value.problems[0].startswith("not valid YAML at line 4, column 1")
 
 
 def test_missing_config_file(tmp_path):
