@@ -372,12 +372,7 @@ class Master:
 
     def _wait_for_journals(self) -> None:
         """journal-damaged: keep the fence honest, then re-check the journals."""
-        record, _ = self.elector.observed()
-        target = record.annotations.get(SWITCHOVER_ANNOTATION) if record else None
-        if target and target != self.config.pod.name:
-            self._hand_over(target)
-            return
-        if self._fence_moved():
+        if self._handing_over() or self._fence_moved():
             return
         if time.monotonic() >= self._next_journal_check and not self._journals_damaged():
             self._begin_serving()
@@ -397,14 +392,18 @@ class Master:
         self._serving_since = None
         log.info("named.started", pid=named.pid, epoch=self.epoch)
 
-    def _lead(self) -> None:
-        now = time.monotonic()
+    def _handing_over(self) -> bool:
+        """A switchover to another pod is asked for on the Lease: hand over to it."""
         record, _ = self.elector.observed()
         target = record.annotations.get(SWITCHOVER_ANNOTATION) if record else None
         if target and target != self.config.pod.name:
             self._hand_over(target)
-            return
-        if self._fence_moved():
+            return True
+        return False
+
+    def _lead(self) -> None:
+        now = time.monotonic()
+        if self._handing_over() or self._fence_moved():
             return
         if (self.targets != self._rendered_targets and self.named is not None
                 and now - self._targets_changed_at >= NOTIFY_DEBOUNCE):
