@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from bindha_rwx import reaper
 from bindha_rwx.files import atomic_write
 
 TOOL_TIMEOUT = 30.0
@@ -37,8 +38,7 @@ def find_tool(name: str) -> str:
 
 def _run(args: list[str], what: str) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(args, capture_output=True, text=True, timeout=TOOL_TIMEOUT,
-                              check=False)
+        return reaper.run(args, timeout=TOOL_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise BindToolError(f"{what}: {args[0]} did not finish in {TOOL_TIMEOUT:g}s") from None
     except OSError as exc:

@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bindha_rwx import reaper
 from bindha_rwx.bindtools import BindToolError, find_tool
 
 RUNBOOK = "docs/runbooks/journal-out-of-sync.md"
@@ -164,8 +165,7 @@ def explain_damage(damage: Damage, timeout: float = TOOL_TIMEOUT) -> Damage:
     path = Path(damage.journal)
     try:
         tool = find_tool("named-journalprint")
-        result = subprocess.run([tool, "-x", str(path)], stdin=subprocess.DEVNULL,
-                                capture_output=True, text=True, timeout=timeout, check=False)
+        result = reaper.run([tool, "-x", str(path)], timeout=timeout)
     except BindToolError as exc:
         return _with(damage, bind_says=str(exc))
     except subprocess.TimeoutExpired:

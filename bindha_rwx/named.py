@@ -36,6 +36,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
+from bindha_rwx import reaper
 from bindha_rwx.bindtools import BindToolError, find_tool
 from bindha_rwx.config import Config
 from bindha_rwx.log import get_logger
@@ -102,8 +103,7 @@ class Rndc:
         command = [_tool(self.config.paths.rndc, "rndc"), "-k", str(self.config.paths.rndc_key),
                    "-b", local, "-s", local, "-p", str(self.config.ports.rndc), *args]
         try:
-            result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
-                                    text=True, timeout=timeout, check=False)
+            result = reaper.run(command, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise NamedError(f"{what}: named at {self.target} gave no answer within "
                              f"{timeout:g}s") from None
@@ -232,8 +232,8 @@ class NamedProcess:
             if self._process is not None and self._check_exit() is None:
                 raise NamedError(f"named is already running (pid {self._process.pid})")
             try:
-                process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stdout,
-                                           stderr=self.log_stream, start_new_session=True)
+                process = reaper.spawn(command, stdin=subprocess.DEVNULL, stdout=stdout,
+                                       stderr=self.log_stream, start_new_session=True)
             except OSError as exc:
                 raise NamedError(f"cannot start {command[0]}: {exc.strerror}") from None
             old_pidfd, self._pidfd = self._pidfd, _pidfd_open(process.pid)
@@ -251,6 +251,7 @@ class NamedProcess:
         code = self._process.poll()
         if code is None:
             return None
+        reaper.release(self._process.pid)
         self._exit = ExitInfo(code, self._ending or "crashed")
         self.last_problem = f"named exited with {_describe(code)} ({self._exit.reason})"
         return self._exit

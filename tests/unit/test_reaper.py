@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 
+from bindha_rwx import reaper
 from bindha_rwx.reaper import reap_orphans
 
 
@@ -39,3 +41,22 @@ def test_strangers_are_reaped_managed_children_are_not():
     stranger = exited_child()
     assert reap_orphans(set()) == [stranger]
     assert not os.path.exists(f"/proc/{stranger}")
+
+
+def test_a_busy_reaper_never_steals_a_tool_s_exit_status():
+    """PID 1 reaps in a loop while tools run: a named-checkconf that fails must still
+    be seen failing (a stolen status reads as 0, and a bad config would pass)."""
+    stop = threading.Event()
+
+    def reap() -> None:
+        while not stop.is_set():
+            reap_orphans(set())
+
+    thread = threading.Thread(target=reap, daemon=True)
+    thread.start()
+    try:
+        codes = [reaper.run(["sh", "-c", "exit 3"], timeout=5).returncode for _ in range(200)]
+    finally:
+        stop.set()
+        thread.join(5)
+    assert set(codes) == {3}
