@@ -759,7 +759,9 @@ def write_plots(results: dict[str, Any]) -> list[Path]:
         detail = data[name]["latency"]["rounds_detail"]
         if detail:
             points = detail[0]["timeline"]
-            xs = [t for t, _ in points] + [points[-1][0] + 1 if points else 1]
+            # The samples record changes only: hold the last count to the window's end.
+            end = max(points[-1][0] + 1 if points else 1, detail[0].get("window_s") or 0)
+            xs = [t for t, _ in points] + [end]
             ys = [c for _, c in points] + [points[-1][1] if points else 0]
             ax.step(xs, ys, where="post", color="#1f4e79")
             ax.axvspan(0, detail[0]["held_s"], color="#f4c7a1", alpha=0.5)
