@@ -396,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="test: a 3 s Lease (fast rounds); default: the product's 10 s")
     parser.add_argument("--qps", type=int, default=200, help="dnsperf rate per secondary")
     parser.add_argument("--output", type=Path, default=RESULTS / "chaos.json")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep every pod's logs (the temp dir) after a passing run too")
     args = parser.parse_args(argv)
     faults = [f.strip() for f in args.faults.split(",") if f.strip()]
     unknown = [f for f in faults if f not in FAULTS]
@@ -417,7 +419,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chaos: the run stopped: {exc}\nchaos: pods' logs kept under {root}",
               file=sys.stderr)
         return 1
-    shutil.rmtree(root, ignore_errors=True)
+    if args.keep or result["violations"]:
+        print(f"chaos: pods' logs kept under {root}", flush=True)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
     report = {"machine": {"cpus": psutil.cpu_count(), "memory_gib": round(
                   psutil.virtual_memory().total / 2**30, 1), "platform": platform.platform(),
                   "python": platform.python_version()},
