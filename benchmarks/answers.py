@@ -39,7 +39,7 @@ from benchmarks.scale import (
     zone_spec,
     zone_text,
 )
-from benchmarks.supervisor import DEFAULT_TIMING, restart
+from benchmarks.supervisor import DEFAULT_TIMING
 from harness.bindlab import soa_serial
 from harness.netlab import NetLab
 from harness.pods import TEST_TIMING, MasterLab, MasterPod, start_lab, wait_until
@@ -175,7 +175,7 @@ def scenario(lab: MasterLab, kind: str, args: argparse.Namespace, queries: Path,
           f"{out['lowest_interval_answered_per_s']:.0f}/s ({out['lowest_ratio']:.2f}), "
           f"lost {out['lost']}, dipped {out['dipped']}; marks {out['marks_s']}; "
           f"secondaries' heartbeat max age {out['heartbeat_max_age_s']}", flush=True)
-    restart(lab, leader)
+    leader.restart(timeout=30)
     wait_until(lambda: converged(lab), 120, "secondaries on the leader's serial")
     return out
 

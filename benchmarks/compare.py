@@ -52,7 +52,6 @@ from kubernetes import client
 from kubernetes import config as kube_config
 
 from benchmarks.supervisor import DEFAULT_TIMING, percentile
-from benchmarks.supervisor import restart as restart_bindha
 from bindha_rwx.bindtools import check_conf, find_tool
 from bindha_rwx.config import Config, TsigKey
 from bindha_rwx.files import atomic_write
@@ -229,7 +228,7 @@ def restart(lab: MasterLab, pod: MasterPod) -> None:
                    30, f"{pod.name} back as a candidate")
         time.sleep(1.0)  # its first Lease read
     else:
-        restart_bindha(lab, pod)
+        pod.restart(timeout=30)
 
 
 def ensure_running(lab: MasterLab) -> None:

@@ -48,7 +48,7 @@ import dns.rdatatype
 import psutil
 import yaml
 
-from benchmarks.supervisor import DEFAULT_TIMING, restart
+from benchmarks.supervisor import DEFAULT_TIMING
 from bindha_rwx.probes import RuntimeFiles
 from harness.netlab import NetLab
 from harness.pods import MasterLab, MasterPod, configmap_update, start_lab, wait_until
@@ -497,7 +497,7 @@ def measure_takeover(lab: MasterLab, zones: list[str], timeout: float) -> dict[s
     out["split_s"] = split(out["marks_s"], total, started_process=False)
     print(f"takeover: {new.name} serves {len(zones)} zones {total:.2f}s after the kill; "
           f"split {out['split_s']}", flush=True)
-    restart(lab, leader)
+    leader.restart(timeout=30)
     return out
 
 

@@ -23,9 +23,8 @@ from pathlib import Path
 import psutil
 from kubernetes import client, watch
 
-from bindha_rwx.probes import RuntimeFiles
 from harness.loopback import AddressPool
-from harness.pods import MasterLab, MasterPod, start_lab, wait_until
+from harness.pods import MasterLab, start_lab, wait_until
 from harness.writer import UpdateWriter, served_names
 
 ZONE = "ha.example."
@@ -37,20 +36,6 @@ def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
     return ordered[index]
-
-
-def restart(lab: MasterLab, pod: MasterPod) -> None:
-    """Start the pod again and wait until it is a watching standby, as a real
-    StatefulSet pod would be (Ready) before the next disruption."""
-    pod.process = None
-    pod.start()
-    files = RuntimeFiles(pod.work_dir)
-
-    def watching() -> bool:
-        state = files.read_state()
-        return bool(state and state.pid == pod.pid and state.watch_connected)
-
-    wait_until(watching, 30, f"{pod.name} back as a watching standby")
 
 
 def graceful_rounds(lab: MasterLab, rounds: int) -> dict[str, object]:
@@ -78,7 +63,7 @@ def graceful_rounds(lab: MasterLab, rounds: int) -> dict[str, object]:
         print(f"handover {i + 1}/{rounds}: gap {gap * 1000:.0f} ms, "
               f"{len(writer.acks)} acked, {len(lost)} lost", flush=True)
         # New zone names each round would grow the zone; fine for these sizes.
-        restart(lab, leader)
+        leader.restart(timeout=30)
     return {"rounds": rounds, "gap_p50_s": percentile(gaps, 50), "gap_p99_s": percentile(gaps, 99),
             "gap_max_s": max(gaps), "gaps_s": gaps, "acknowledged": acked_total,
             "lost": lost_total}
@@ -96,7 +81,7 @@ def crash_rounds(lab: MasterLab, rounds: int) -> dict[str, object]:
         took = time.monotonic() - killed_at
         takeovers.append(took)
         print(f"crash {i + 1}/{rounds}: {new.name} serving after {took:.2f}s", flush=True)
-        restart(lab, leader)
+        leader.restart(timeout=30)
     return {"rounds": rounds, "takeover_s": takeovers,
             "takeover_max_s": max(takeovers, default=None)}
 

@@ -152,24 +152,12 @@ class ChaosLab:
             return min(times) if times else None
         return wait_until(first, timeout, f"{pod.name} acknowledges updates")
 
-    def restart(self, pod: MasterPod) -> None:
-        """Start a dead pod again, as its StatefulSet would, and wait until it is a
-        watching standby."""
-        pod.process = None
-        pod.start()
-        files = RuntimeFiles(pod.work_dir)
-
-        def watching() -> bool:
-            state = files.read_state()
-            return bool(state and state.pid == pod.pid and state.watch_connected)
-        wait_until(watching, 60, f"{pod.name} back as a watching standby")
-
     def settle(self) -> tuple[MasterPod, float | None]:
         """Every pod up, one leader serving and acknowledging, the standbys watching;
         returns the leader and how long the secondaries took to reach its serial."""
         for pod in self.lab.pods:
             if not pod.alive():
-                self.restart(pod)
+                pod.restart()
         leader = self.lab.leader(timeout=self.timing["leaseDuration"] * 6)
         self.first_ack_from(leader, time.monotonic(), timeout=30)
         converged = converge_seconds(leader.ip, [s.ip for s in self.lab.secondaries],

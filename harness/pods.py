@@ -25,6 +25,7 @@ from kubernetes import client
 
 from bindha_rwx.config import Config, load_config
 from bindha_rwx.fencing import SharedVolume
+from bindha_rwx.probes import RuntimeFiles
 from harness.apiproxy import ApiProxy
 from harness.bindlab import pod_env, write_pod_config
 
@@ -125,6 +126,18 @@ class MasterPod:
         except psutil.NoSuchProcess:
             return []
         return [c for c in children if _is_running_named(c)]
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Start the pod again, as its StatefulSet would, and wait until it is a watching
+        standby (Ready) before the next disruption."""
+        self.process = None
+        self.start()
+        files = RuntimeFiles(self.work_dir)
+
+        def watching() -> bool:
+            state = files.read_state()
+            return bool(state and state.pid == self.pid and state.watch_connected)
+        wait_until(watching, timeout, f"{self.name} back as a watching standby")
 
     def events(self) -> list[dict[str, Any]]:
         try:
