@@ -21,9 +21,7 @@ import shutil
 import signal
 import statistics
 import subprocess
-import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,8 +39,7 @@ from benchmarks.scale import (
 )
 from benchmarks.supervisor import DEFAULT_TIMING
 from harness.bindlab import soa_serial
-from harness.netlab import NetLab
-from harness.pods import TEST_TIMING, MasterLab, MasterPod, start_lab, wait_until
+from harness.pods import TEST_TIMING, MasterLab, MasterPod, netns_lab, wait_until
 
 ZONE = "reads.example."
 NAMES = 1000
@@ -390,37 +387,28 @@ def merged(path: Path, results: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, timing: dict[str, float]) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="bindha-answers-"))
-    net = NetLab()
-    plane = lab = None
     beats: BeatWatch | None = None
     results: dict[str, Any] = {
         "machine": machine(), "timing": timing,
         "load": {"rate_per_secondary": args.rate, "interval_s": args.interval,
                  "duration_s": args.duration, "before_signal_s": args.before,
                  "zones": args.zones, "dnsperf": dnsperf_version()}}
-    try:
-        plane, lab = start_lab(root, f"answers-{uuid.uuid4().hex[:6]}", net, timing)
-        zones = read_zones(args.zones)
-        results["load"]["names"] = write_zones(lab, zones)
-        lab.start(3)
-        lab.leader(timeout=60)
-        lab.start_secondaries(2)
-        lab.publish_endpoints([s.ip for s in lab.secondaries])
-        wait_until(lambda: converged(lab), 120, "secondaries loaded")
-        queries = write_queries(root / "queries.txt", zones)
-        beats = BeatWatch(lab)
-        results["scenarios"] = [scenario(lab, kind, args, queries, beats)
-                                for kind in ("sigterm", "sigkill")]
-    finally:
-        if beats is not None:
-            beats.stop()
-        if lab is not None:
-            lab.stop()
-        net.close()
-        if plane is not None:
-            plane.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with netns_lab("answers", timing) as lab:
+        try:
+            zones = read_zones(args.zones)
+            results["load"]["names"] = write_zones(lab, zones)
+            lab.start(3)
+            lab.leader(timeout=60)
+            lab.start_secondaries(2)
+            lab.publish_endpoints([s.ip for s in lab.secondaries])
+            wait_until(lambda: converged(lab), 120, "secondaries loaded")
+            queries = write_queries(lab.root / "queries.txt", zones)
+            beats = BeatWatch(lab)
+            results["scenarios"] = [scenario(lab, kind, args, queries, beats)
+                                    for kind in ("sigterm", "sigkill")]
+        finally:
+            if beats is not None:
+                beats.stop()
     return results
 
 

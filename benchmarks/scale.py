@@ -29,14 +29,11 @@ import platform
 import random
 import re
 import select
-import shutil
 import signal
 import socket
 import struct
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -50,8 +47,7 @@ import yaml
 
 from benchmarks.supervisor import DEFAULT_TIMING
 from bindha_rwx.probes import RuntimeFiles
-from harness.netlab import NetLab
-from harness.pods import MasterLab, MasterPod, configmap_update, start_lab, wait_until
+from harness.pods import MasterLab, MasterPod, configmap_update, netns_lab, wait_until
 from harness.process import log_tail
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -693,46 +689,37 @@ def with_beats(beats: BeatWatch, measure: Callable[[], dict[str, Any]]) -> dict[
 
 
 def run(zone_count: int, records: int, takeovers: int, timeout: float) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="bindha-scale-"))
-    net = NetLab()
-    plane = lab = None
     results: dict[str, Any] = {"machine": machine(), "timing": DEFAULT_TIMING,
                                "how_measured": HOW}
     beats: BeatWatch | None = None
-    try:
-        plane, lab = start_lab(root, f"scale-{uuid.uuid4().hex[:6]}", net, DEFAULT_TIMING)
-        beats = BeatWatch(lab)
-        zones = zone_names(zone_count)
-        lab.zones = [zone_spec(z) for z in zones]
-        results["size"] = write_zones(lab.shared, zones, records)
-        print(f"wrote {results['size']}", flush=True)
-        results["start"] = with_beats(beats, lambda: measure_start(lab, zones, timeout))
-        leader = lab.leader(timeout=60)
-        for standby in [lab.add_pod() for _ in range(2)]:
-            standby.start()
-        since = time.time()
-        pod, results["secondary"] = measure_secondary(lab, zones, timeout)
-        results["secondary"]["heartbeat_max_age_s"] = beats.worst(since)
-        results["add_zone"] = with_beats(
-            beats, lambda: measure_add_zone(lab, leader, pod, timeout))
-        results["memory"] = memory(lab, pod)
-        pod.stop()
-        zones.append(NEW_ZONE)
-        results["takeover"] = [with_beats(beats, lambda: measure_takeover(lab, zones, timeout))
-                               for _ in range(takeovers)]
-    except AssertionError:
-        if lab is not None:
+    with netns_lab("scale", DEFAULT_TIMING) as lab:
+        try:
+            beats = BeatWatch(lab)
+            zones = zone_names(zone_count)
+            lab.zones = [zone_spec(z) for z in zones]
+            results["size"] = write_zones(lab.shared, zones, records)
+            print(f"wrote {results['size']}", flush=True)
+            results["start"] = with_beats(beats, lambda: measure_start(lab, zones, timeout))
+            leader = lab.leader(timeout=60)
+            for standby in [lab.add_pod() for _ in range(2)]:
+                standby.start()
+            since = time.time()
+            pod, results["secondary"] = measure_secondary(lab, zones, timeout)
+            results["secondary"]["heartbeat_max_age_s"] = beats.worst(since)
+            results["add_zone"] = with_beats(
+                beats, lambda: measure_add_zone(lab, leader, pod, timeout))
+            results["memory"] = memory(lab, pod)
+            pod.stop()
+            zones.append(NEW_ZONE)
+            results["takeover"] = [with_beats(beats, lambda: measure_takeover(lab, zones,
+                                                                               timeout))
+                                   for _ in range(takeovers)]
+        except AssertionError:
             show_logs(lab)
-        raise
-    finally:
-        if beats is not None:
-            beats.stop()
-        if lab is not None:
-            lab.stop()
-        net.close()
-        if plane is not None:
-            plane.stop()
-        shutil.rmtree(root, ignore_errors=True)
+            raise
+        finally:
+            if beats is not None:
+                beats.stop()
     return results
 
 

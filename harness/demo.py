@@ -15,17 +15,12 @@ everything and removes what it made.
 from __future__ import annotations
 
 import argparse
-import shutil
 import signal
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from harness.bindlab import soa_serial
-from harness.netlab import NetLab
-from harness.pods import TEST_TIMING, MasterLab, MasterPod, start_lab, wait_until
-from harness.testplane import TestPlane
+from harness.pods import TEST_TIMING, MasterLab, MasterPod, netns_lab, wait_until
 from harness.writer import UpdateWriter, served_names
 
 ZONE = "ha.example."
@@ -83,54 +78,41 @@ def main() -> int:
                         help="a 3 s Lease instead of the default 10 s")
     args = parser.parse_args()
     timing = dict(TEST_TIMING) if args.test_timings else dict(DEFAULT_TIMING)
-    root = Path(tempfile.mkdtemp(prefix="bindha-demo-"))
-    plane: TestPlane | None = None
-    net: NetLab | None = None
-    lab: MasterLab | None = None
     try:
         say("bindha-rwx demo: a real kube-apiserver, 3 masters and 2 secondaries as "
             "processes, one shared directory")
-        net = NetLab()
-        plane, lab = start_lab(root, "demo", net, timing)
-        keys = lab.key_files
-        lab.start(3)
-        leader = lab.leader(timeout=60)
-        lab.start_secondaries(2)
-        lab.publish_endpoints([s.ip for s in lab.secondaries])
-        wait_until(lambda: converged(lab, leader), 60, "secondaries loaded")
-        say(f"\ncontrol plane:   export KUBECONFIG={plane.kubeconfig}")
-        say("                 kubectl -n demo get lease bind-master-leader -o yaml")
-        say(f"shared volume:   {lab.shared}")
-        for pod in lab.masters:
-            role = "LEADER " if pod is leader else "standby"
-            say(f"master  {role} {pod.name} {pod.ip}   log {pod.log_path}")
-        for pod in lab.secondaries:
-            say(f"secondary       {pod.name} {pod.ip}   log {pod.log_path}")
-        say(f"\nsend an update to the leader ({leader.ip}):")
-        say(f"  printf 'server {leader.ip}\\nzone {ZONE}\\nupdate add www.{ZONE} 300 A "
-            f"192.0.2.1\\nsend\\n' | nsupdate -k {keys['update-key']}")
-        say(f"read it from a secondary:\n  dig @{lab.secondaries[0].ip} www.{ZONE} A +short")
-        if not args.no_scenarios:
-            scenario(lab, "switchover", timing)
-            scenario(lab, "crash", timing)
+        with netns_lab("demo", timing, namespace="demo") as lab:
+            keys = lab.key_files
+            lab.start(3)
             leader = lab.leader(timeout=60)
-            say(f"\nthe leader is now {leader.name} ({leader.ip})")
-        say("\nrunning; Ctrl-C stops everything and removes the demo's files")
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
-        say("\nstopping")
+            lab.start_secondaries(2)
+            lab.publish_endpoints([s.ip for s in lab.secondaries])
+            wait_until(lambda: converged(lab, leader), 60, "secondaries loaded")
+            say(f"\ncontrol plane:   export KUBECONFIG={lab.kubeconfig}")
+            say("                 kubectl -n demo get lease bind-master-leader -o yaml")
+            say(f"shared volume:   {lab.shared}")
+            for pod in lab.masters:
+                role = "LEADER " if pod is leader else "standby"
+                say(f"master  {role} {pod.name} {pod.ip}   log {pod.log_path}")
+            for pod in lab.secondaries:
+                say(f"secondary       {pod.name} {pod.ip}   log {pod.log_path}")
+            say(f"\nsend an update to the leader ({leader.ip}):")
+            say(f"  printf 'server {leader.ip}\\nzone {ZONE}\\nupdate add www.{ZONE} 300 A "
+                f"192.0.2.1\\nsend\\n' | nsupdate -k {keys['update-key']}")
+            say(f"read it from a secondary:\n  dig @{lab.secondaries[0].ip} www.{ZONE} A +short")
+            if not args.no_scenarios:
+                scenario(lab, "switchover", timing)
+                scenario(lab, "crash", timing)
+                leader = lab.leader(timeout=60)
+                say(f"\nthe leader is now {leader.name} ({leader.ip})")
+            say("\nrunning; Ctrl-C stops everything and removes the demo's files")
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            say("\nstopping")
         return 0
     except AssertionError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
-    finally:
-        if lab is not None:
-            lab.stop()
-        if net is not None:
-            net.close()
-        if plane is not None:
-            plane.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

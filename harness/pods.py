@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -370,6 +373,30 @@ def start_lab(root: Path, namespace: str, address_pool: Any,
                     key_files=write_key_files(root / "keys", ["update-key", "transfer-key"]),
                     timing=dict(timing or TEST_TIMING))
     return plane, lab
+
+
+@contextlib.contextmanager
+def netns_lab(prefix: str, timing: dict[str, float] | None = None,
+              namespace: str | None = None) -> Iterator[MasterLab]:
+    """A temp dir, a fresh control plane and an empty MasterLab whose pods each get a
+    network namespace (harness.netlab); on exit every pod, the namespaces, the control
+    plane and the dir are gone (the demo and the benchmarks)."""
+    from harness.netlab import NetLab
+
+    root = Path(tempfile.mkdtemp(prefix=f"bindha-{prefix}-"))
+    net = NetLab()
+    plane = lab = None
+    try:
+        plane, lab = start_lab(root, namespace or f"{prefix}-{uuid.uuid4().hex[:6]}", net,
+                               timing)
+        yield lab
+    finally:
+        if lab is not None:
+            lab.stop()
+        net.close()
+        if plane is not None:
+            plane.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _configuration(kubeconfig: Path) -> client.Configuration:
