@@ -34,7 +34,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -219,19 +219,26 @@ def named_line(line: str) -> tuple[float, str] | None:
     return None
 
 
+def named_log(pod: MasterPod, since: float) -> Iterator[tuple[float, str]]:
+    """(wall time, message) of each line of the pod's named log from ``since`` on."""
+    try:
+        lines = pod.named_log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return
+    for line in lines:
+        parsed = named_line(line)
+        if parsed is not None and parsed[0] >= since:
+            yield parsed
+
+
 def named_marks(pod: MasterPod, since: float) -> dict[str, float]:
     """Wall times of named's milestones in its log after ``since``: first of each."""
     marks: dict[str, float] = {}
-    with contextlib.suppress(OSError):
-        for line in pod.named_log_path.read_text(errors="replace").splitlines():
-            parsed = named_line(line)
-            if parsed is None or parsed[0] < since:
-                continue
-            at, message = parsed
-            for phrase, mark in NAMED_MARKS.items():
-                if mark not in marks and (message == phrase or (phrase != "running"
-                                          and message.startswith(phrase))):
-                    marks[mark] = at
+    for at, message in named_log(pod, since):
+        for phrase, mark in NAMED_MARKS.items():
+            if mark not in marks and (message == phrase or (phrase != "running"
+                                      and message.startswith(phrase))):
+                marks[mark] = at
     return marks
 
 
@@ -430,17 +437,12 @@ def control_marks(pod: MasterPod, since: float) -> dict[str, Any]:
     """named's reconfig milestones, and the rndc refreshes the supervisor sent."""
     marks: dict[str, Any] = {}
     refreshes = []
-    with contextlib.suppress(OSError):
-        for line in pod.named_log_path.read_text(errors="replace").splitlines():
-            parsed = named_line(line)
-            if parsed is None or parsed[0] < since:
-                continue
-            at, message = parsed
-            if message.startswith("received control channel command 'refresh"):
-                refreshes.append(at)
-            for phrase, mark in CONTROL.items():
-                if mark not in marks and message.startswith(phrase):
-                    marks[mark] = at
+    for at, message in named_log(pod, since):
+        if message.startswith("received control channel command 'refresh"):
+            refreshes.append(at)
+        for phrase, mark in CONTROL.items():
+            if mark not in marks and message.startswith(phrase):
+                marks[mark] = at
     if refreshes:
         marks["rndc_refresh_first"], marks["rndc_refresh_last"] = refreshes[0], refreshes[-1]
     return {"count_rndc_refresh": len(refreshes), **marks}
