@@ -17,6 +17,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 IMG = ROOT / "docs" / "img"
+RESULTS = ROOT / "benchmarks" / "results"
 
 # The figure that says most about each fault's recovery, in the order of preference.
 HEADLINE = ("write_gap_s", "takeover_s", "takeover_after_kill_s", "takeover_after_resume_s",
@@ -50,13 +51,13 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def plots(report: dict[str, Any], stem: str) -> list[Path]:
+def plots(report: dict[str, Any], stem: str, folder: Path = IMG) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    IMG.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     faults = sorted({r["fault"] for r in report["rounds"]})
     made = []
 
@@ -73,7 +74,7 @@ def plots(report: dict[str, Any], stem: str) -> list[Path]:
                  f"{report['machine']['cpus']} CPUs)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    path = IMG / f"{stem}-recovery.png"
+    path = folder / f"{stem}-recovery.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     made.append(path)
@@ -90,7 +91,7 @@ def plots(report: dict[str, Any], stem: str) -> list[Path]:
     ax.set_ylim(bottom=0)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    path = IMG / f"{stem}-reads.png"
+    path = folder / f"{stem}-reads.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     made.append(path)
@@ -101,13 +102,16 @@ def report_and_plots(source: Path) -> None:
     """Print the table and write the plots, named after the JSON file's stem."""
     report = json.loads(source.read_text())
     print(table(report))
-    for path in plots(report, source.stem):
-        print(f"plot: {path.relative_to(ROOT)}")
+    # Results kept in the repository get their plots in docs/img; any other run's
+    # plots go next to its JSON, so a scratch run never litters the docs.
+    folder = IMG if source.resolve().parent == RESULTS else source.parent
+    for path in plots(report, source.stem, folder):
+        print(f"plot: {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    report_and_plots(Path(args[0]) if args else ROOT / "benchmarks" / "results" / "chaos.json")
+    report_and_plots(Path(args[0]) if args else RESULTS / "chaos.json")
     return 0
 
 
