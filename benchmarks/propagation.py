@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import signal
 import socket
 import tempfile
@@ -225,6 +226,7 @@ def main() -> int:
         lab.stop()
         net.close()
         plane.stop()
+        shutil.rmtree(root, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "propagation.json"
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import signal
 import tempfile
 import threading
@@ -144,6 +145,7 @@ def main() -> int:
     finally:
         lab.stop()
         plane.stop()
+        shutil.rmtree(root, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "supervisor.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
