@@ -64,6 +64,15 @@ def _state(pod: MasterPod) -> str | None:
     return state.state if state and state.pid == pod.pid else None
 
 
+def _other_holder_in(c: ChaosLab, leader: MasterPod, state: str) -> MasterPod | None:
+    """The pod other than ``leader`` that holds the Lease, if it reports ``state``."""
+    holder = c.lab.holder()
+    if holder and holder != leader.name:
+        pod = c.lab.pod(holder)
+        return pod if _state(pod) == state else None
+    return None
+
+
 # -- leader pod deleted / evicted / drained -----------------------------------------
 
 def pod_delete(c: ChaosLab, leader: MasterPod) -> Outcome:
@@ -208,15 +217,9 @@ def _freeze_until_blocked(c: ChaosLab, leader: MasterPod, out: Outcome
     signal_tree(tree, signal.SIGSTOP)
     started = time.monotonic()
 
-    def blocked() -> MasterPod | None:
-        holder = c.lab.holder()
-        if holder and holder != leader.name:
-            pod = c.lab.pod(holder)
-            return pod if _state(pod) == "blocked-on-fence" else None
-        return None
-
     try:
-        standby = wait_until(blocked, c.timing["leaseDuration"] * 4,
+        standby = wait_until(lambda: _other_holder_in(c, leader, "blocked-on-fence"),
+                             c.timing["leaseDuration"] * 4,
                              "a standby blocked on the fence")
     except AssertionError as exc:
         out.violations.append(str(exc))
@@ -318,15 +321,9 @@ def journal_cut(c: ChaosLab, leader: MasterPod) -> Outcome:
         stream.truncate(len(saved) - 20)  # inside the last transaction
     start = time.monotonic()
 
-    def damaged() -> MasterPod | None:
-        holder = c.lab.holder()
-        if holder and holder != leader.name:
-            pod = c.lab.pod(holder)
-            return pod if _state(pod) == "journal-damaged" else None
-        return None
-
     try:
-        holder = wait_until(damaged, c.timing["leaseDuration"] * 4,
+        holder = wait_until(lambda: _other_holder_in(c, leader, "journal-damaged"),
+                            c.timing["leaseDuration"] * 4,
                             "the new Lease holder reports journal-damaged")
         out.figures["refused_after_s"] = time.monotonic() - start
         time.sleep(c.timing["retryPeriod"] * 3)
