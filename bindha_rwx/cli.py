@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(switchover)
     switchover.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
                             help="how long to wait for the new leader (default 30)")
+    switchover.add_argument("--cancel", action="store_true",
+                            help="withdraw a pending switchover request")
     switchover.set_defaults(handler=_switchover)
     for name, text in (("pause", "maintenance: no automatic takeover until resume"),
                        ("resume", "end maintenance: automatic takeover again")):
@@ -183,8 +185,10 @@ def _api() -> object:
 
 def _run(args: argparse.Namespace) -> int:
     config = _pod_config(args.config, ("POD_NAME", "POD_IP", "POD_NAMESPACE"))
+    from bindha_rwx.log import install
     from bindha_rwx.master import Master
 
+    install()  # the libraries' log records as our JSON lines too
     return Master(config, _api(), Path(args.config)).run()  # type: ignore[arg-type]
 
 
@@ -193,8 +197,10 @@ def _secondary(args: argparse.Namespace) -> int:
     if not config.secondaries.transfer_key:
         raise UsageError("secondaries.transferKey is not set: a secondary transfers zones "
                          "with TSIG only; name a key from keys")
+    from bindha_rwx.log import install
     from bindha_rwx.secondary import Secondary
 
+    install()
     return Secondary(config, _api(), Path(args.config)).run()  # type: ignore[arg-type]
 
 
@@ -256,6 +262,18 @@ def _switchover(args: argparse.Namespace) -> int:
     from bindha_rwx.ops import OpsError
 
     ops = _ops(args)
+    if args.cancel:
+        if args.to:
+            raise UsageError("--cancel takes no --to: it withdraws whatever request is "
+                             "pending")
+        try:
+            withdrawn = ops.cancel_switchover()  # type: ignore[attr-defined]
+        except OpsError as exc:
+            print(f"bindha-rwx switchover: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        print(f"switchover to {withdrawn} withdrawn" if withdrawn
+              else "no switchover request was pending")
+        return EXIT_OK
     try:
         before = ops.read_lease()  # type: ignore[attr-defined]
         target = ops.switchover(args.to)  # type: ignore[attr-defined]

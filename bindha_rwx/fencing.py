@@ -2,10 +2,9 @@
 
 Layout under ``dynDir/.bindha/`` (DESIGN "Shared volume layout"):
 
-- ``lock`` (generation 0) or ``lock.<N>`` (generation N): the fcntl lock, taken with
-  fasteners. POSIX fcntl locks belong to the process and vanish when the process
-  closes ANY descriptor of the file, so nothing in this process opens a lock file
-  except the StorageLock that holds it, and metadata lives in other files.
+- ``lock`` (generation 0) or ``lock.<N>`` (generation N): the open-file-description
+  lock (bindha_rwx.storagelock), kept by the supervisor and inherited by its named,
+  so it lives as long as a writer can write. Metadata lives in other files.
 - ``generation``: the current lock generation (absent means 0). ``fence break`` moves
   to a new generation when an old holder's lock is stuck (a frozen VM, a dead NFS
   client); that defeats the old lock, so it is for operators only (invariant 10).
@@ -24,12 +23,9 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-
-import fasteners
 
 from bindha_rwx.files import atomic_write
 
@@ -133,34 +129,3 @@ class SharedVolume:
 
     def write_owner(self, owner: Owner) -> None:
         atomic_write(self.owner_file, json.dumps(asdict(owner), indent=1) + "\n")
-
-
-class StorageLock:
-    """The fcntl lock of one generation; acquiring never blocks without bound."""
-
-    def __init__(self, path: Path, generation: int) -> None:
-        self.path = path
-        self.generation = generation
-        self._lock = fasteners.InterProcessLock(str(path))
-
-    @property
-    def held(self) -> bool:
-        return bool(self._lock.acquired)
-
-    def try_acquire(self) -> bool:
-        """One non-blocking attempt."""
-        return bool(self._lock.acquire(blocking=False))
-
-    def acquire(self, timeout: float, interval: float = 0.05) -> bool:
-        """Try until ``timeout`` seconds have passed; False if someone else holds it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.try_acquire():
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
-
-    def release(self) -> None:
-        if self.held:
-            self._lock.release()

@@ -145,7 +145,11 @@ class Publisher:
         self.timeout = timeout
         self._queue: queue.Queue[_RoleRequest | _EventRequest | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
+        # The role of the last label PATCH that succeeded, and how many role requests
+        # are queued or in flight: reconcile_role() retries a failed one.
         self.role_published: str | None = None
+        self._roles_pending = 0
+        self._pending_lock = threading.Lock()
 
     def start(self) -> None:
         self._thread.start()
@@ -157,8 +161,21 @@ class Publisher:
     def publish_role(self, role: str) -> threading.Event:
         """Label this pod leader/standby; the Event returned is set once done or given up."""
         done = threading.Event()
+        with self._pending_lock:
+            self._roles_pending += 1
         self._queue.put(_RoleRequest(role, done))
         return done
+
+    def reconcile_role(self, role: str) -> bool:
+        """Label again if the last PATCH for ``role`` failed (a failover's PATCH lost to
+        an API error would leave the leader-only Service without endpoints); True if a
+        request was queued. Nothing is queued while one is pending."""
+        with self._pending_lock:
+            if self._roles_pending or self.role_published == role:
+                return False
+        log.info("role.reconcile", role=role, published=self.role_published)
+        self.publish_role(role)
+        return True
 
     def event(self, reason: str, message: str, type_: str = "Normal") -> None:
         self._queue.put(_EventRequest(reason, message, type_))
@@ -178,6 +195,8 @@ class Publisher:
                             error=_short(exc))
             finally:
                 if isinstance(item, _RoleRequest):
+                    with self._pending_lock:
+                        self._roles_pending -= 1
                     item.done.set()
 
     def _label(self, role: str) -> None:

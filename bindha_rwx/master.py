@@ -39,6 +39,7 @@ from pathlib import Path
 
 from kubernetes import client
 
+from bindha_rwx import log as logs
 from bindha_rwx.bindtools import BindToolError, check_conf, ensure_key_file
 from bindha_rwx.config import Config
 from bindha_rwx.discovery import EndpointsWatcher
@@ -50,7 +51,9 @@ from bindha_rwx.election import (
     LeaseClient,
     LeaseWatcher,
 )
-from bindha_rwx.fencing import FenceError, Owner, SharedVolume, StorageLock
+from bindha_rwx.failstop import Threads
+from bindha_rwx.fenceholder import FenceHolder, backoff
+from bindha_rwx.fencing import FenceError, SharedVolume
 from bindha_rwx.files import atomic_write
 from bindha_rwx.journal import RUNBOOK as JOURNAL_RUNBOOK
 from bindha_rwx.journal import (
@@ -64,11 +67,12 @@ from bindha_rwx.journal import (
 from bindha_rwx.kube import Publisher
 from bindha_rwx.log import get_logger
 from bindha_rwx.metrics import Metrics
-from bindha_rwx.named import NamedError, NamedProcess, RestartPolicy, Rndc
+from bindha_rwx.named import REAP_GRACE, NamedError, NamedProcess, RestartPolicy, Rndc
 from bindha_rwx.probes import RunState, RuntimeFiles, write_role_file
 from bindha_rwx.reaper import reap_orphans
 from bindha_rwx.reload import ConfigSource, applied, candidate, refused
 from bindha_rwx.render import RNDC_KEY_NAME, render_bootstrap_zone, render_primary
+from bindha_rwx.storagelock import LockWatch
 from bindha_rwx.volume import RUNBOOK as VOLUME_RUNBOOK
 from bindha_rwx.volume import VolumeHealth, VolumeProbe
 
@@ -76,6 +80,13 @@ log = get_logger("master")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+# A thread the fence depends on died or stalled (bindha_rwx.failstop): named was killed.
+EXIT_THREAD_DIED = 70
+GUARD_TICK = 0.02
+# A gap this long between two guard ticks means the whole process was frozen.
+FREEZE_GAP = 0.5
+# Consecutive failures to take the fence back off up to this many leaseDurations.
+FENCE_BACKOFF_CAP = 8
 # Coalesce a burst of EndpointSlice changes (a rolling restart) into one reconfig.
 NOTIFY_DEBOUNCE = 0.2
 
@@ -102,8 +113,12 @@ class Master:
         self.lease = LeaseClient(api, config.namespace, config.lease_name)
         self._wake = threading.Event()
         self.metrics = Metrics()
+        self.shutdown = threading.Event()
+        self.finished = threading.Event()
+        self._dying = threading.Lock()
+        self.threads = Threads(self._die, self.shutdown)
         self.elector = Elector(self.lease, config.pod.name, timing,
-                               on_change=self._wake.set, heartbeat=self.runtime.beat,
+                               on_change=self._wake.set, heartbeat=self._beat,
                                annotations={LEADER_IP_ANNOTATION: config.pod.ip or ""},
                                metrics=self.metrics)
         self.watcher = LeaseWatcher(self.lease, self.elector.observe, timing)
@@ -115,13 +130,17 @@ class Master:
         self._rendered_targets: tuple[str, ...] | None = None
         self._next_reload_check = 0.0
         self.restarts = RestartPolicy()
-        self.shutdown = threading.Event()
-        self.finished = threading.Event()
         self.state = State.STANDBY
         self.named: NamedProcess | None = None
-        self._stuck: NamedProcess | None = None
-        self.lock: StorageLock | None = None
-        self.epoch: int | None = None
+        # named processes that survived SIGKILL: polled (reaped) until they are gone.
+        self._leftovers: list[NamedProcess] = []
+        self.lock_watch = LockWatch(interval=timing.retry_period, budget=timing.renew_deadline,
+                                    on_lost=self._on_lock_lost,
+                                    progress=lambda: self.threads.progress("lock-watch"))
+        self.fence = FenceHolder(self.volume, self.lock_watch, pod=config.pod.name,
+                                 node=config.pod.node or "", pod_ip=config.pod.ip or "")
+        self._fence_failures = 0
+        self._next_role_check = 0.0
         self._next_epoch_check = 0.0
         self._restart_at: float | None = None
         self._serving_since: float | None = None
@@ -143,29 +162,31 @@ class Master:
         ensure_key_file(self.config.paths.rndc_key, RNDC_KEY_NAME)
         log.info("supervisor.start", pod=self.config.pod.name, namespace=self.config.namespace,
                  lease=self.config.lease_name, dyn_dir=str(self.config.paths.dyn_dir),
-                 timing=vars(self.config.timing))
+                 timing=vars(self.config.timing), identity=self.elector.identity)
         self._set_role_standby(publish=True)
         if self.config.ports.metrics:
             address = self.config.pod.ip or self.config.local_address
             port = self.metrics.serve(address, self.config.ports.metrics)
             log.info("metrics.listening", url=f"http://{address}:{port}/metrics")
-        threads = [
-            threading.Thread(target=self.elector.run, name="elector", daemon=True),
-            threading.Thread(target=self.watcher.run, name="watcher", daemon=True),
-            threading.Thread(target=self._guard, name="guard", daemon=True),
-            threading.Thread(target=self._control, name="controller", daemon=True),
-            threading.Thread(target=self.endpoints.run, name="endpoints", daemon=True),
-            threading.Thread(target=self.volume_probe.run, name="volume-probe", daemon=True),
-        ]
         self.publisher.start()
-        for thread in threads:
-            thread.start()
+        budgets = thread_budgets(self.config)
+        start = self.threads.start
+        start("guard", self._guard, budgets["guard"])
+        start("elector", self.elector.run, budgets["elector"])
+        start("watcher", self.watcher.run)
+        start("lock-watch", self.lock_watch.run, budgets["lock-watch"])
+        start("controller", self._control, budgets["controller"])
+        start("endpoints", self.endpoints.run)
+        start("volume-probe", self.volume_probe.run)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         is_pid1 = os.getpid() == 1
-        while not self.finished.wait(0.2):
-            if is_pid1:
-                reap_orphans(self._managed_pids())
+        try:
+            while not self.finished.wait(0.2):
+                if is_pid1:
+                    reap_orphans(self._managed_pids())
+        except Exception as exc:  # the main thread is fail-stop too
+            self._die("main", f"{type(exc).__name__}: {exc}"[:300])
         log.info("supervisor.exit", code=EXIT_OK)
         return EXIT_OK
 
@@ -183,8 +204,19 @@ class Master:
 
     def _holds_fence(self) -> bool:
         """For the volume probe's thread: no I/O, reads two fields."""
-        lock = self.lock
-        return self.state in (State.LEADER, State.DAMAGED) and lock is not None and lock.held
+        return self.state in (State.LEADER, State.DAMAGED) and self.fence.held
+
+    def _on_lock_lost(self, why: str) -> None:
+        """lock-watch's worker: the guard sees fresh() turn false by itself; wake the
+        controller to relinquish."""
+        log.error("fence.lock_lost", why=why)
+        self._wake.set()
+
+    def _beat(self, now: float) -> None:
+        """The elector's heartbeat: its own progress, written with every watched
+        thread's age, so `probe live` fails when any of them stalls (invariant 12)."""
+        self.threads.progress("elector")
+        self.runtime.beat(now, threads=self.threads.ages())
 
     def _on_volume_change(self, before: VolumeHealth, health: VolumeHealth) -> None:
         """volume-probe thread: say it; nothing here blocks (the Event is queued)."""
@@ -207,71 +239,99 @@ class Master:
                              f"{VOLUME_RUNBOOK}", "Warning")
 
     def _managed_pids(self) -> set[int]:
-        named = self.named
-        return {named.pid} if named is not None and named.pid else set()
+        pids = {n.pid for n in (self.named, *self._leftovers) if n is not None}
+        return {pid for pid in pids if pid}
+
+    # -- fail-stop ------------------------------------------------------------
+
+    def _die(self, thread: str, why: str) -> None:
+        """A thread the fence depends on died or stalled: the process's last act.
+
+        SIGKILL to named at once (no rndc: nothing here may still trust the fence),
+        wait a bounded time for it, and exit non-zero so the kubelet restarts the
+        container. The Lease is left to expire (its renewal stops with the process);
+        the lock goes when named's descriptor does. Safe from any thread, once.
+        """
+        if not self._dying.acquire(blocking=False):
+            return
+        try:
+            log.error("supervisor.thread_died", thread=thread, why=why,
+                      named="SIGKILL", exit=EXIT_THREAD_DIED)
+            self.publisher.event("SupervisorFailed", f"thread {thread}: {why}"[:1000],
+                                 "Warning")
+            ended = [n for n in (self.named, *self._leftovers) if n is not None]
+            for named in ended:
+                named.signal_now(signal.SIGKILL)
+            deadline = time.monotonic() + REAP_GRACE
+            pause = threading.Event()  # not time.sleep, which may be what failed
+            while any(n.running for n in ended) and time.monotonic() < deadline:
+                pause.wait(0.02)
+            logs.flush(1.0)
+        finally:
+            os._exit(EXIT_THREAD_DIED)
 
     # -- the guard ------------------------------------------------------------
 
     def _guard(self) -> None:
-        """Kill named the moment the Lease is not held; no I/O, no API calls here."""
+        """Kill named the moment the Lease or the lock is not held, and end the process
+        when a watched thread stalls. No I/O, no API calls, no waiting on a lock that
+        slow work holds: it is the fence's last line."""
         term_sent_at: float | None = None
         while not self.finished.is_set():
+            stalled = self.threads.watchdog("guard", freeze_gap=FREEZE_GAP)
+            if stalled is not None:
+                self._die("guard", stalled)
             named = self.named
-            if named is not None and named.running and not self.elector.holds():
+            fenced = named is not None and not (self.elector.holds() and self.lock_watch.fresh())
+            if fenced and named is not None and named.running:
                 now = time.monotonic()
                 if term_sent_at is None:
                     named.signal_now(signal.SIGTERM)
                     term_sent_at = now
-                    log.warning("fence.guard_kill", pid=named.pid, signal="SIGTERM")
+                    log.warning("fence.guard_kill", pid=named.pid, signal="SIGTERM",
+                                lease=self.elector.holds(), lock=self.lock_watch.fresh())
                 elif now - term_sent_at >= self.config.timing.stop_timeout:
                     named.signal_now(signal.SIGKILL)
             else:
                 term_sent_at = None
-            time.sleep(0.02)
+            time.sleep(GUARD_TICK)
 
     # -- the controller -------------------------------------------------------
 
     def _control(self) -> None:
+        """The state machine's loop. An exception that escapes it is fail-stop
+        (bindha_rwx.failstop): ``finished`` is set only on the way out of a stop, so the
+        main thread can never return 0 for a controller that died."""
         tick = min(0.25, self.config.timing.retry_period / 4)
-        try:
-            while not self.shutdown.is_set():
-                self._wake.wait(tick)
-                self._wake.clear()
-                if self.shutdown.is_set():
-                    break
-                try:
-                    self._step()
-                except (FenceError, OSError, BindToolError, NamedError) as exc:
-                    log.error("controller.error", error=f"{type(exc).__name__}: {exc}"[:300],
-                              state=self.state.value)
-                    if self.state is not State.STANDBY:
-                        self._drop_leadership("error: " + str(exc)[:200], step_down=True)
-                self._write_state()
-            self._stop_gracefully()
-        finally:
-            self.finished.set()
+        while not self.shutdown.is_set():
+            self.threads.progress("controller")
+            self._wake.wait(tick)
+            self._wake.clear()
+            if self.shutdown.is_set():
+                break
+            try:
+                self._step()
+                self._reconcile_role()
+            except (FenceError, OSError, BindToolError, NamedError) as exc:
+                log.error("controller.error", error=f"{type(exc).__name__}: {exc}"[:300],
+                          state=self.state.value)
+                if self._holds_anything():
+                    self._relinquish("error: " + str(exc)[:200], graceful=False,
+                                     cooldown=self.config.timing.lease_duration)
+            self._write_state()
+        self._stop_gracefully()
+        self.finished.set()
 
-    def _reap_stuck(self) -> bool:
-        """True while a named that survived SIGKILL still runs (we then keep the lock)."""
-        stuck = self._stuck
-        if stuck is None:
-            return False
-        if stuck.running:
-            stuck.signal_now(signal.SIGKILL)
-            return True
-        self._stuck = None
-        if self.lock is not None:
-            self.lock.release()
-        log.info("named.gone", note="the stuck named ended; lock released")
-        return False
+    def _holds_anything(self) -> bool:
+        return (self.named is not None or self.fence.lock is not None
+                or self.state is not State.STANDBY)
 
     def _step(self) -> None:
-        if self._reap_stuck():
-            return
+        self._leftovers = [n for n in self._leftovers if n.running]  # reaps them
         self._check_reload()
         holds = self.elector.holds()
         if self.state in (State.LEADER, State.BLOCKED, State.DAMAGED) and not holds:
-            self._drop_leadership("the Lease is no longer held", step_down=False)
+            self._relinquish("the Lease is no longer held", graceful=False, cooldown=None)
             return
         if not holds:
             return
@@ -283,48 +343,62 @@ class Master:
             self._lead()
 
     def _take_fence(self) -> None:
-        """Lease held: take the lock, bump the epoch, write the owner, start named."""
-        generation = self.volume.read_generation()
-        if self.lock is None or self.lock.generation != generation:
-            self.lock = StorageLock(self.volume.lock_path(generation), generation)
-        if not self.lock.try_acquire():
-            now = time.monotonic()
-            if self.state is not State.BLOCKED:
-                self._blocked_since = now
-                self.state = State.BLOCKED
-                owner = self._owner_text()
-                log.warning("fence.blocked", lock=str(self.lock.path), owner=owner)
-                self.publisher.event("BlockedOnFence", f"holds the Lease but the storage lock "
-                                     f"{self.lock.path.name} is held by {owner}; see "
-                                     "docs/runbooks/stale-lock.md", "Warning")
+        """Lease held: take the lock, bump the epoch, write the owner, start named.
+
+        Any failure on the way gives back everything taken (lock, Lease) and stays
+        out for a backoff that doubles per consecutive failure (invariant 11)."""
+        try:
+            epoch = self.fence.take()
+            if epoch is None:
+                self._note_blocked()
+                return
+            self.elector.set_annotation(EPOCH_ANNOTATION, str(epoch))
+            blocked_for = (time.monotonic() - self._blocked_since) if self._blocked_since \
+                else 0.0
+            self._blocked_since = None
+            self.metrics.inc("fence_blocked_seconds_total", blocked_for)
+            log.info("fence.acquired", epoch=epoch, generation=self.fence.lock.generation
+                     if self.fence.lock else None, blocked_seconds=round(blocked_for, 3))
+            self._next_epoch_check = time.monotonic() + self.config.timing.retry_period
+            self._bootstrap_zones()
+            if self._journals_damaged():
+                return
+            self._begin_serving()
+        except (FenceError, OSError, BindToolError, NamedError) as exc:
+            self._fence_failures += 1
+            timing = self.config.timing
+            cooldown = backoff(self._fence_failures, timing.lease_duration,
+                               FENCE_BACKOFF_CAP * timing.lease_duration)
+            log.error("fence.take_failed", error=f"{type(exc).__name__}: {exc}"[:300],
+                      failures=self._fence_failures, retry_in=cooldown)
+            self.publisher.event("FenceFailed", f"taking the fence failed ({exc}); lock and "
+                                 f"Lease given back, retrying in {cooldown:g}s"[:1000],
+                                 "Warning")
+            self._relinquish(f"taking the fence failed: {exc}"[:200], graceful=False,
+                             cooldown=cooldown)
+
+    def _note_blocked(self) -> None:
+        if self.state is State.BLOCKED:
             return
-        epoch = self.volume.bump_epoch()
-        self.volume.write_owner(Owner.now(pod=self.config.pod.name or "",
-                                          node=self.config.pod.node or "",
-                                          pod_ip=self.config.pod.ip or "", epoch=epoch,
-                                          generation=generation))
-        self.epoch = epoch
-        self.elector.set_annotation(EPOCH_ANNOTATION, str(epoch))
-        blocked_for = (time.monotonic() - self._blocked_since) if self._blocked_since else 0.0
-        self._blocked_since = None
-        self.metrics.inc("fence_blocked_seconds_total", blocked_for)
-        log.info("fence.acquired", epoch=epoch, generation=generation,
-                 blocked_seconds=round(blocked_for, 3))
-        self._next_epoch_check = time.monotonic() + self.config.timing.retry_period
-        self._bootstrap_zones()
-        if self._journals_damaged():
-            return
-        self._begin_serving()
+        self._blocked_since = time.monotonic()
+        self.state = State.BLOCKED
+        lock = self.fence.lock
+        owner = self._owner_text()
+        log.warning("fence.blocked", lock=str(lock.path) if lock else None, owner=owner)
+        self.publisher.event("BlockedOnFence", f"holds the Lease but the storage lock "
+                             f"{lock.path.name if lock else ''} is held by {owner}; see "
+                             "docs/runbooks/stale-lock.md", "Warning")
 
     def _begin_serving(self) -> None:
         """Fence held and journals sound: named.conf, named, the leader's label."""
         self._write_named_conf()
         self.state = State.LEADER
         self._start_named()
+        self._fence_failures = 0
         write_role_file(self.config.paths.role_file, "leader")
         self.publisher.publish_role("leader")
         self.publisher.event("LeaderAcquired",
-                             f"{self.config.pod.name} leads with epoch {self.epoch}")
+                             f"{self.config.pod.name} leads with epoch {self.fence.epoch}")
 
     def _journals_damaged(self) -> bool:
         """Check every zone's journal before named may open it (DESIGN: corrupted .jnl).
@@ -372,7 +446,7 @@ class Master:
 
     def _wait_for_journals(self) -> None:
         """journal-damaged: keep the fence honest, then re-check the journals."""
-        if self._handing_over() or self._fence_moved():
+        if self._handing_over() or self._fenced():
             return
         if time.monotonic() >= self._next_journal_check and not self._journals_damaged():
             self._begin_serving()
@@ -387,23 +461,49 @@ class Master:
 
     def _start_named(self) -> None:
         named = NamedProcess(self.config, self.config.paths.named_conf)
-        named.start()
+        fd = self.fence.fd
+        if fd is None or not self.fence.held:
+            raise NamedError("refusing to start named without the storage lock")
+        named.start(keep_fds=(fd,))
         self.named = named
         self._serving_since = None
-        log.info("named.started", pid=named.pid, epoch=self.epoch)
+        log.info("named.started", pid=named.pid, epoch=self.fence.epoch)
 
     def _handing_over(self) -> bool:
         """A switchover to another pod is asked for on the Lease: hand over to it."""
         record, _ = self.elector.observed()
         target = record.annotations.get(SWITCHOVER_ANNOTATION) if record else None
         if target and target != self.config.pod.name:
-            self._hand_over(target)
+            log.info("switchover.start", to=target)
+            self.publisher.event("SwitchoverStarted", f"handing over to {target}")
+            # Stay out until the target has it; _yields() would also stop us re-acquiring.
+            self._relinquish(f"switchover to {target}", graceful=True,
+                             cooldown=2 * self.config.timing.lease_duration)
             return True
         return False
 
+    def _fenced(self) -> bool:
+        """Self-fence when the lock is lost or (every retryPeriod) the epoch moved."""
+        lost = self.lock_watch.lost()
+        if lost is None:
+            now = time.monotonic()
+            if now < self._next_epoch_check:
+                return False
+            self._next_epoch_check = now + self.config.timing.retry_period
+            moved = self.fence.moved()
+            if moved is None:
+                return False
+            why = moved
+        else:
+            why = f"the storage lock is lost: {lost}"
+        log.error("fence.self_fence", our_epoch=self.fence.epoch, why=why)
+        self.publisher.event("SelfFenced", f"{why}: named stopped"[:1000], "Warning")
+        self._relinquish(why, graceful=False, cooldown=self.config.timing.lease_duration)
+        return True
+
     def _lead(self) -> None:
         now = time.monotonic()
-        if self._handing_over() or self._fence_moved():
+        if self._handing_over() or self._fenced():
             return
         if (self.targets != self._rendered_targets and self.named is not None
                 and now - self._targets_changed_at >= NOTIFY_DEBOUNCE):
@@ -432,73 +532,52 @@ class Master:
         log.error("named.crashed", returncode=ended.returncode, restart_in=delay)
         self.publisher.event("NamedCrashed", f"named exited with {ended.returncode}", "Warning")
         if delay is None:
-            self._drop_leadership("named keeps crashing", step_down=True)
+            self.restarts.reset()
+            self._relinquish("named keeps crashing", graceful=False,
+                             cooldown=self.config.timing.lease_duration)
         else:
             self._restart_at = now + delay
 
-    def _fence_moved(self) -> bool:
-        """Every retryPeriod: self-fence if the epoch or lock generation moved."""
-        now = time.monotonic()
-        if now < self._next_epoch_check:
-            return False
-        self._next_epoch_check = now + self.config.timing.retry_period
-        epoch = self.volume.read_epoch()
-        generation = self.volume.read_generation()
-        if epoch == self.epoch and not (self.lock and generation != self.lock.generation):
-            return False
-        log.error("fence.self_fence", our_epoch=self.epoch, epoch_on_disk=epoch,
-                  generation=generation)
-        self.publisher.event("SelfFenced", f"the epoch on the volume moved from "
-                             f"{self.epoch} to {epoch}: named stopped", "Warning")
-        self._drop_leadership("the epoch moved", step_down=True)
-        return True
+    def _relinquish(self, reason: str, *, graceful: bool, cooldown: float | None) -> None:
+        """The one way leadership ends: switchover, Lease lost, self-fence, crash loop,
+        an error while taking the fence, termination.
 
-    def _hand_over(self, target: str) -> None:
-        """A switchover: leave the Service, stop named gracefully, unlock, release."""
+        Leave the Service (label and role file), then end named: gracefully (`rndc stop`
+        flushes zones) only when ``graceful`` and the fence is still ours (lock fresh,
+        epoch ours, read with a deadline: item 10 of issue 11), else killed. Then close
+        our copy of the lock: a named that survived SIGKILL keeps the lock through its
+        own descriptor until it is gone (invariant 11), so nobody can take over while
+        it may still write. ``cooldown``: step down from the Lease and stay out that
+        long; None when the Lease is already lost (or the caller releases it).
+        """
         timing = self.config.timing
-        log.info("switchover.start", to=target)
-        self.publisher.event("SwitchoverStarted", f"handing over to {target}")
-        labelled = self._set_role_standby(publish=True)
-        if labelled is not None:
-            labelled.wait(timing.retry_period)
-        named, self.named = self.named, None
-        if named is not None:
-            ended = named.stop(timing.stop_timeout)
-            log.info("named.stopped", reason=ended.reason, returncode=ended.returncode)
-            if named.running:
-                self._stuck = named
-        if self.lock is not None and self._stuck is None:
-            self.lock.release()
-        self.epoch = None
-        self._restart_at = None
-        self.damaged = []
-        # Stay out until the target has it; _yields() would also stop us re-acquiring.
-        self.elector.step_down(cooldown=2 * timing.lease_duration)
-
-    def _drop_leadership(self, reason: str, step_down: bool) -> None:
-        """Lost the Lease, self-fenced or stepping down: named dies before the lock goes."""
-        named, self.named = self.named, None
-        if named is not None:
-            ended = named.kill(self.config.timing.stop_timeout)
-            log.warning("named.killed", reason=reason, returncode=ended.returncode)
-            if named.running:
-                # Survived SIGKILL (stuck in I/O on a dead volume): it may still write, so
-                # the lock stays ours until it is gone (checked every tick, _reap_stuck).
-                self._stuck = named
-                log.error("named.unkillable", pid=named.pid, lock="kept until it is gone")
-        if self.lock is not None and self._stuck is None:
-            self.lock.release()
         was = self.state
-        self.epoch = None
+        labelled = self._set_role_standby(publish=True)
+        named, self.named = self.named, None
+        if named is not None:
+            if graceful and was is State.LEADER and labelled is not None:
+                labelled.wait(timing.retry_period)  # leave the leader-only Service first
+            if graceful and self.fence.still_owns(timeout=timing.retry_period):
+                ended = named.stop(timing.stop_timeout)
+                log.info("named.stopped", reason=ended.reason, returncode=ended.returncode)
+            else:
+                ended = named.kill(timing.stop_timeout)
+                log.warning("named.killed", reason=reason, returncode=ended.returncode,
+                            graceful_refused=graceful)
+            if named.running:
+                self._leftovers.append(named)
+                log.error("named.unkillable", pid=named.pid, lock="kept by named's own "
+                          "descriptor until it is gone")
+        self.fence.release()
         self._restart_at = None
         self.damaged = []
-        self._set_role_standby(publish=True)
-        if was in (State.LEADER, State.DAMAGED):
-            self.publisher.event("LeaderLost", reason, "Warning")
-        log.warning("leader.dropped", reason=reason, was=was.value, step_down=step_down)
-        if step_down:
-            self.restarts.reset()
-            self.elector.step_down(cooldown=self.config.timing.lease_duration)
+        self._blocked_since = None
+        if was in (State.LEADER, State.DAMAGED) and not self.shutdown.is_set():
+            self.publisher.event("LeaderLost", reason[:1000], "Warning")
+        log.warning("leader.dropped", reason=reason, was=was.value,
+                    step_down_seconds=cooldown)
+        if cooldown is not None:
+            self.elector.step_down(cooldown=cooldown)
 
     def _set_role_standby(self, publish: bool) -> threading.Event | None:
         self.state = State.STANDBY if not self.shutdown.is_set() else State.STOPPING
@@ -510,23 +589,16 @@ class Master:
         started = time.monotonic()
         timing = self.config.timing
         was_leader = self.state is State.LEADER
-        self.state = State.STOPPING
         self._write_state()
-        labelled = self._set_role_standby(publish=True)
-        if was_leader and labelled is not None:
-            labelled.wait(timing.retry_period)  # leave the leader-only Service first
-        named, self.named = self.named, None
-        if named is not None:
-            ended = named.stop(timing.stop_timeout)
-            log.info("named.stopped", reason=ended.reason, returncode=ended.returncode)
-        if self.lock is not None:
-            self.lock.release()
+        self._relinquish("terminating", graceful=True, cooldown=None)
+        self._write_state()
         self.elector.request_release()
         self.elector.released.wait(2 * timing.retry_period)
         self.elector.stop()
         self.watcher.stop()
         self.endpoints.stop()
         self.volume_probe.stop()
+        self.lock_watch.stop()
         if was_leader:
             self.publisher.event("LeaderReleased", "graceful handover on termination")
         self.publisher.stop()
@@ -608,13 +680,30 @@ class Master:
             self.metrics.inc("config_reloads_total", result="applied" if ok else "refused")
         self.publisher.event(reason, message, type_)
 
+    def _reconcile_role(self) -> None:
+        """Every retryPeriod: the role file and the pod label say what this pod is
+        (issue 11 item 8); a label PATCH that failed is sent again."""
+        now = time.monotonic()
+        if now < self._next_role_check:
+            return
+        self._next_role_check = now + self.config.timing.retry_period
+        role = "leader" if self.state is State.LEADER else "standby"
+        path = self.config.paths.role_file
+        try:
+            current = path.read_text().strip()
+        except OSError:
+            current = None
+        if current != role:
+            write_role_file(path, role)
+        self.publisher.reconcile_role(role)
+
     def _write_state(self) -> None:
         now = time.monotonic()
         role = "leader" if self.state is State.LEADER else "standby"
         for value in (self.config.role_label.leader, self.config.role_label.standby):
             self.metrics.set("role", 1 if value == getattr(self.config.role_label, role) else 0,
                              role=value)
-        self.metrics.set("epoch", self.epoch or 0)
+        self.metrics.set("epoch", self.fence.epoch or 0)
         self.metrics.set("fence_blocked_seconds",
                          now - self._blocked_since if self._blocked_since else 0)
         self.metrics.set("also_notify_targets", len(self._rendered_targets or ()))
@@ -632,7 +721,7 @@ class Master:
         self.runtime.write_state(RunState(
             role="leader" if self.state is State.LEADER else "standby",
             state=self.state.value, pid=os.getpid(),
-            watch_connected=self.watcher.connected, epoch=self.epoch, updated=now,
+            watch_connected=self.watcher.connected, epoch=self.fence.epoch, updated=now,
             detail=detail, journals_damaged=[d.as_dict() for d in self.damaged],
             volume=health.as_dict() if health.writable is not None else None))
 
@@ -641,3 +730,18 @@ def budget_seconds(config: Config) -> float:
     """Worst-case graceful shutdown: label, stop named, release; see docs/supervisor.md."""
     timing = config.timing
     return timing.retry_period + timing.stop_timeout + 2 * timing.retry_period
+
+
+def thread_budgets(config: Config) -> dict[str, float]:
+    """Seconds each fence thread may go without progress before it counts as stalled.
+
+    The controller's is the longest legitimate step: a graceful stop of named (label,
+    stop, a named that needs REAP_GRACE after SIGKILL) or a journal check; a hung
+    volume holds it past this, and the process then ends (issue 11 item 5).
+    """
+    timing = config.timing
+    return {"guard": max(1.0, timing.retry_period),
+            "elector": timing.lease_duration,
+            "lock-watch": timing.lease_duration,
+            "controller": max(timing.lease_duration,
+                              3 * timing.retry_period + timing.stop_timeout + REAP_GRACE)}

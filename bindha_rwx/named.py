@@ -211,8 +211,11 @@ class NamedProcess:
             return ["-L", "/dev/stderr"]
         return []
 
-    def start(self) -> None:
+    def start(self, keep_fds: tuple[int, ...] = ()) -> None:
         """Start named; NamedError if it is already running or cannot be run.
+
+        ``keep_fds``: descriptors named inherits. The master passes its storage lock's,
+        so the open-file-description lock lives as long as named does (invariant 11).
 
         IMPORTANT: PR_SET_PDEATHSIG fires when the *thread* that forked named exits, not
         when the process does. Call start() from a thread that lives as long as the
@@ -233,7 +236,8 @@ class NamedProcess:
                 raise NamedError(f"named is already running (pid {self._process.pid})")
             try:
                 process = reaper.spawn(command, stdin=subprocess.DEVNULL, stdout=stdout,
-                                       stderr=self.log_stream, start_new_session=True)
+                                       stderr=self.log_stream, start_new_session=True,
+                                       pass_fds=keep_fds)
             except OSError as exc:
                 raise NamedError(f"cannot start {command[0]}: {exc.strerror}") from None
             old_pidfd, self._pidfd = self._pidfd, _pidfd_open(process.pid)

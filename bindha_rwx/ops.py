@@ -149,6 +149,10 @@ class Ops:
                          epoch=record.annotations.get(EPOCH_ANNOTATION), leader_ip=leader_ip,
                          paused=record.annotations.get(PAUSED_ANNOTATION) == "true",
                          switchover_to=record.annotations.get(SWITCHOVER_ANNOTATION))
+            if lease["paused"] and not record.holder:
+                lease["warning"] = ("paused with no leader: nobody takes over while paused "
+                                    "(a drain or rolling restart released the Lease); "
+                                    "updates fail until `bindha-rwx resume`")
         masters, secondaries = self.pods("master"), self.pods("secondary")
         zones = []
         for zone in self.config.zones:
@@ -277,8 +281,22 @@ class Ops:
         if not masters[to]["ready"]:
             raise OpsError(f"{to} is not Ready: it could not take over; pick another "
                            "with --to, or fix it first")
-        self._annotate(lambda a: a.update({SWITCHOVER_ANNOTATION: to}))
+        def ask(annotations: dict[str, str]) -> None:
+            # Checked again inside the compare-and-swap: a pause written between our
+            # read and this write must win, not be overtaken by a handover.
+            if annotations.get(PAUSED_ANNOTATION) == "true":
+                raise OpsError("the cluster was paused meanwhile: `bindha-rwx resume` first")
+            annotations[SWITCHOVER_ANNOTATION] = to
+        self._annotate(ask)
         return to
+
+    def cancel_switchover(self) -> str | None:
+        """Withdraw a switchover request; the target it named, or None if there was none."""
+        record = self.read_lease()
+        target = record.annotations.get(SWITCHOVER_ANNOTATION) if record else None
+        if target:
+            self._annotate(lambda a: a.pop(SWITCHOVER_ANNOTATION, None))
+        return target
 
     # -- fence break -------------------------------------------------------------
 

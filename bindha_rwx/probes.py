@@ -56,8 +56,35 @@ class RuntimeFiles:
     def ensure(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
 
-    def beat(self, now: float | None = None) -> None:
-        _replace(self.heartbeat, f"{time.monotonic() if now is None else now:.6f}\n")
+    def beat(self, now: float | None = None,
+             threads: dict[str, tuple[float, float | None]] | None = None) -> None:
+        """The heartbeat: a monotonic time, and the master's watched threads' ages and
+        budgets (bindha_rwx.failstop) so that `probe live` sees a stall of any."""
+        at = time.monotonic() if now is None else now
+        if threads is None:
+            _replace(self.heartbeat, f"{at:.6f}\n")
+            return
+        _replace(self.heartbeat, json.dumps({"at": at, "threads": {
+            name: [round(age, 3), budget] for name, (age, budget) in threads.items()}}) + "\n")
+
+    def read_heartbeat(self) -> tuple[float, dict[str, tuple[float, float | None]]] | None:
+        """(age of the heartbeat, {thread: (its age when the beat was written, budget)});
+        None if unreadable. A frozen process shows in the first, a stalled thread in
+        the second."""
+        try:
+            text = self.heartbeat.read_text()
+        except OSError:
+            return None
+        try:
+            if text.lstrip().startswith("{"):
+                data = json.loads(text)
+                age = time.monotonic() - float(data["at"])
+                threads = {name: (float(v[0]), None if v[1] is None else float(v[1]))
+                           for name, v in data.get("threads", {}).items()}
+                return age, threads
+            return time.monotonic() - float(text), {}
+        except (ValueError, KeyError, TypeError, IndexError):
+            return None
 
     def write_state(self, state: RunState) -> None:
         _replace(self.state, json.dumps(asdict(state)) + "\n")
@@ -69,10 +96,8 @@ class RuntimeFiles:
             return None
 
     def heartbeat_age(self) -> float | None:
-        try:
-            return time.monotonic() - float(self.heartbeat.read_text())
-        except (OSError, ValueError):
-            return None
+        beat = self.read_heartbeat()
+        return None if beat is None else beat[0]
 
 
 def write_role_file(path: Path, role: str) -> None:
@@ -89,12 +114,17 @@ def _replace(path: Path, text: str) -> None:
 
 
 def probe_live(config: Config) -> tuple[bool, str]:
-    age = RuntimeFiles(config.paths.work_dir).heartbeat_age()
-    if age is None:
+    beat = RuntimeFiles(config.paths.work_dir).read_heartbeat()
+    if beat is None:
         return False, "no heartbeat yet: the supervisor has not started its renew loop"
+    age, threads = beat
     if age > config.timing.renew_deadline:
         return False, (f"heartbeat is {age:.1f}s old (renewDeadline "
                        f"{config.timing.renew_deadline:g}s): the supervisor is hung or frozen")
+    for name, (thread_age, budget) in sorted(threads.items()):
+        if budget is not None and thread_age > budget:
+            return False, (f"thread {name} made no progress for {thread_age:.1f}s (budget "
+                           f"{budget:g}s): the supervisor is hung (a hung volume?)")
     return True, f"heartbeat {age:.2f}s old"
 
 

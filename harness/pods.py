@@ -85,6 +85,12 @@ class MasterPod:
     command: str = "run"  # or "secondary"
     wrap: Callable[[str, list[str]], list[str]] = lambda _ip, argv: argv
     process: subprocess.Popen[bytes] | None = None
+    # A fault of harness.inject, armed once ``inject_trigger`` exists (fail-stop tests).
+    inject: str | None = None
+
+    @property
+    def inject_trigger(self) -> Path:
+        return self.work_dir / "inject.trigger"
 
     @property
     def log_path(self) -> Path:
@@ -102,9 +108,13 @@ class MasterPod:
         env = {**os.environ, **pod_env(self.name, self.ip, self.namespace),
                "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         env.pop("KUBERNETES_SERVICE_HOST", None)
+        module = ["bindha_rwx"]
+        if self.inject is not None:
+            module = ["harness.inject", self.inject, "--"]
+            env["BINDHA_INJECT_TRIGGER"] = str(self.inject_trigger)
         with self.log_path.open("ab") as out, self.named_log_path.open("ab") as err:
             self.process = subprocess.Popen(
-                self.wrap(self.ip, [sys.executable, "-m", "bindha_rwx", self.command,
+                self.wrap(self.ip, [sys.executable, "-m", *module, self.command,
                                     "--config", str(self.config_path)]),
                 env=env, stdout=out, stderr=err, cwd=ROOT, start_new_session=True)
 
@@ -192,6 +202,18 @@ def _is_running_named(proc: psutil.Process) -> bool:
         return False
 
 
+def _killed(proc: psutil.Process) -> bool:
+    """True once SIGKILL is queued for ``proc`` (or it is gone): it never runs user code
+    again, though it is not a zombie yet. The kernel keeps the signal in the process's
+    shared pending set (ShdPnd in /proc/PID/status) until the process is reaped."""
+    try:
+        with open(f"/proc/{proc.pid}/status") as status:
+            pending = next(line for line in status if line.startswith("ShdPnd:"))
+    except (OSError, StopIteration):
+        return True
+    return bool(int(pending.split()[1], 16) & (1 << (signal.SIGKILL - 1)))
+
+
 def all_named(under: Path) -> list[psutil.Process]:
     """Every running named whose config lies under ``under`` (orphans included)."""
     found = []
@@ -229,14 +251,19 @@ class MasterLab:
         self._api_port = int(yaml.safe_load(self.kubeconfig.read_text())["clusters"][0]
                              ["cluster"]["server"].rsplit(":", 1)[1])
 
-    def add_pod(self, name: str | None = None, command: str = "run") -> MasterPod:
+    def add_pod(self, name: str | None = None, command: str = "run",
+                dyn_dir: Path | None = None) -> MasterPod:
+        """A pod whose ``paths.dynDir`` is the one shared directory, or ``dyn_dir``: its own
+        mount of it (harness.faultfs: ``FaultVolume(lab.shared).mount(name, dir)``), so a
+        fault hits this pod only; ``lab.volume`` still reads the shared directory."""
         kind = "master" if command == "run" else "secondary"
         index = len([p for p in self.pods if p.command == command])
         name = name or f"bind-{kind}-{index}"
         ip = self.address_pool.take()
         work = self.root / name
         path = write_pod_config(
-            work, pod_ip=ip, dyn_dir=self.shared, key_files=self.key_files, zones=self.zones,
+            work, pod_ip=ip, dyn_dir=dyn_dir or self.shared, key_files=self.key_files,
+            zones=self.zones,
             rndc_port=9600 + int(ip.rsplit(".", 1)[1]),
             extra={"namespace": self.namespace, "cluster": "lab", "timing": self.timing,
                    "lease": {"name": self.lease_name}})
@@ -342,13 +369,23 @@ class MasterLab:
         return [(pod, proc) for pod in self.masters for proc in pod.named_processes()]
 
     def leader(self, timeout: float = 20.0) -> MasterPod:
-        """The pod whose named serves every zone, once there is exactly one."""
+        """The pod whose named serves every zone, once there is exactly one.
+
+        A named that was just sent SIGKILL still shows as running for a moment, and its
+        pod still holds the Lease and logged ``named.serving`` long ago: it is no answer
+        (it still counts in writers(), which must see every possible writer). Nor is a
+        restarted named before it serves: the serving line must name this named's pid.
+        """
         def one() -> MasterPod | None:
             writers = self.writers()
             if len(writers) != 1:
                 return None
-            pod = writers[0][0]
-            return pod if pod.has_event("named.serving") and self.holder() == pod.name else None
+            pod, named = writers[0]
+            if self.holder() != pod.name or _killed(named):
+                return None
+            serving = any(e.get("event") == "named.serving" and e.get("pid") == named.pid
+                          for e in pod.events())
+            return pod if serving else None
         return wait_until(one, timeout, "one leader serving")
 
     def role_labels(self) -> dict[str, str | None]:

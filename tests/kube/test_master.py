@@ -174,17 +174,23 @@ def test_named_crash_is_restarted_then_a_crash_loop_steps_down(lab: MasterLab):
     leader = lab.leader()
     standby = next(p for p in lab.pods if p is not leader)
     first = leader.named_processes()[0]
+    # Each killed named is waited for until its supervisor reaped it: right after kill()
+    # it still shows as running, and its pod still holds the Lease.
     first.kill()
+    first.wait(timeout=5)
     restarted = wait_until(lambda: [p for p in leader.named_processes() if p.pid != first.pid],
                            10, "named restarted by the same leader")
     assert lab.holder() == leader.name
     wait_until(lambda: leader.has_event("named.crashed"), 5, "the crash is logged")
     # Two more crashes inside the window: the leader steps down, the standby takes over.
     restarted[0].kill()
+    restarted[0].wait(timeout=5)
     third = wait_until(lambda: [p for p in leader.named_processes()
                                 if p.pid not in (first.pid, restarted[0].pid)], 10,
                        "named restarted again")
     third[0].kill()
+    third[0].wait(timeout=5)
+    wait_until(lambda: lab.holder() != leader.name, 10, "the crash-looping leader lets go")
     assert lab.leader(timeout=15) is standby
     wait_until(lambda: leader.has_event("leader.dropped"), 5, "the step-down is logged")
     assert leader.named_processes() == []
