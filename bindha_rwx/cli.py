@@ -15,7 +15,13 @@ from pathlib import Path
 
 from bindha_rwx import __version__
 from bindha_rwx.bindtools import BindToolError, check_conf
-from bindha_rwx.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from bindha_rwx.config import (
+    DEFAULT_CONFIG_PATH,
+    Config,
+    ConfigError,
+    holder_pod,
+    load_config,
+)
 from bindha_rwx.render import render_primary, render_secondary
 
 EXIT_OK = 0
@@ -277,11 +283,11 @@ def _switchover(args: argparse.Namespace) -> int:
     try:
         before = ops.read_lease()  # type: ignore[attr-defined]
         target = ops.switchover(args.to)  # type: ignore[attr-defined]
-        print(f"switchover requested: {before.holder} -> {target}")
+        print(f"switchover requested: {holder_pod(before.holder)} -> {target}")
         deadline = time.monotonic() + args.wait
         while time.monotonic() < deadline:
             record = ops.read_lease()  # type: ignore[attr-defined]
-            if record is not None and record.holder == target:
+            if record is not None and holder_pod(record.holder) == target:
                 print(f"{target} leads now")
                 return EXIT_OK
             time.sleep(0.2)

@@ -169,6 +169,24 @@ class PodEnv:
     namespace: str | None = None
     ip: str | None = None
     node: str | None = None
+    uid: str | None = None  # metadata.uid: with the name, it names one incarnation
+
+    @property
+    def identity(self) -> str | None:
+        """The Lease holder identity: ``<pod name>_<pod UID>`` (DESIGN invariant 13), or
+        the name alone when POD_UID is not set."""
+        if not self.name:
+            return None
+        return f"{self.name}{IDENTITY_SEPARATOR}{self.uid}" if self.uid else self.name
+
+
+# Pod names are DNS subdomains and never hold "_": the separator can be split on.
+IDENTITY_SEPARATOR = "_"
+
+
+def holder_pod(identity: str | None) -> str | None:
+    """The pod name in a Lease holder identity (``pod_uid``, or a bare pod name)."""
+    return identity.split(IDENTITY_SEPARATOR, 1)[0] if identity else identity
 
 
 @dataclass(frozen=True)
@@ -412,7 +430,8 @@ class _Reader:
                          "(fieldRef status.podIP)")
             ip = None
         return PodEnv(name=env.get("POD_NAME") or None, namespace=env.get("POD_NAMESPACE") or None,
-                      ip=ip, node=env.get("NODE_NAME") or None)
+                      ip=ip, node=env.get("NODE_NAME") or None,
+                      uid=env.get("POD_UID") or None)
 
     def timing(self, value: Any) -> Timing:
         data = self.mapping(value, "timing",

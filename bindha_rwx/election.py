@@ -22,10 +22,14 @@ Invariants (DESIGN 1, 2, 6, 7):
   kill ``named`` in between.
 - One thread runs ``run()``; it does API calls only (each with a timeout) and never
   waits behind slow work. The watcher thread only feeds observations and wakes it.
+- Records are ordered by ``resourceVersion`` only when they may be late (``observe``):
+  the answer to a call sent after we kept our record is the truth, even at a lower
+  ``resourceVersion`` (after an etcd restore they start lower again).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -39,7 +43,7 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from bindha_rwx.config import Timing
+from bindha_rwx.config import Timing, holder_pod
 from bindha_rwx.log import get_logger
 from bindha_rwx.metrics import Metrics
 
@@ -52,6 +56,9 @@ PAUSED_ANNOTATION = "bindha.io/paused"
 SWITCHOVER_ANNOTATION = "bindha.io/switchover-to"
 log = get_logger("election")
 Clock = Callable[[], float]
+# Orders what the threads see: a GET, LIST or write takes a ticket when it is sent, and
+# Elector.observe takes one when it keeps a record (next() on a count is atomic).
+_tickets = itertools.count()
 
 
 class Conflict(Exception):
@@ -73,6 +80,9 @@ class LeaseRecord:
     annotations: dict[str, str] = field(default_factory=dict)
     acquire_time: datetime | None = None
     renew_time: datetime | None = None
+    # Not part of the Lease: the ticket taken when the GET, LIST or write that returned
+    # this record was sent; None for a record from a watch event.
+    asked: int | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_api(cls, lease: client.V1Lease) -> LeaseRecord:
@@ -167,13 +177,19 @@ class Elector:
                  on_change: Callable[[], None] | None = None,
                  heartbeat: Callable[[float], None] | None = None,
                  annotations: dict[str, str] | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None,
+                 may_acquire: Callable[[], str | None] | None = None) -> None:
         self.lease = lease
         self.identity = identity
+        self.pod = holder_pod(identity)  # switchover targets and operators name pods
         self.timing = timing
         self.clock = clock
         self.on_change = on_change or (lambda: None)
         self.heartbeat = heartbeat or (lambda _now: None)
+        # Asked before every acquisition: a reason not to lead now (the candidate's own
+        # volume is unusable), or None.
+        self.may_acquire = may_acquire or (lambda: None)
+        self._refused_for: str | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -184,6 +200,7 @@ class Elector:
         self._role = Role.FOLLOWER
         self._observed: LeaseRecord | None = None
         self._observed_at = 0.0
+        self._kept = -1  # the ticket taken when _observed was kept
         self._renewed_at = -math.inf
         self._annotations: dict[str, str] = dict(annotations or {})
         self.metrics = metrics or Metrics()
@@ -241,27 +258,40 @@ class Elector:
     # -- observations ---------------------------------------------------------
 
     def observe(self, record: LeaseRecord | None) -> None:
-        """Feed a record seen by a GET, a write or the watch."""
+        """Feed a record seen by a GET, a LIST, a write or the watch.
+
+        The answer to a call sent after we kept the current record is the truth, even at
+        a lower resourceVersion: after an etcd restore (or a Lease created again on a
+        fresh etcd) resourceVersions go back, and ignoring them would leave every
+        candidate judging, and writing against, a record the apiserver no longer has.
+        Only a record that may be older than the one we keep is ordered: a watch event,
+        or the answer to a call sent before we kept ours (a late LIST). A late one must
+        not undo a newer record: a fresh leader would think it lost.
+        """
         changed = False
-        target = record.annotations.get(SWITCHOVER_ANNOTATION) if record else None
         with self._lock:
-            if target != self._switchover[0]:
-                self._switchover = (target, self.clock())
             old = self._observed
             if record is None or old is None or record.resource_version != old.resource_version:
-                if record is not None and old is not None and record.resource_version and \
-                        old.resource_version and _rv_older(record.resource_version,
-                                                           old.resource_version):
-                    return  # a late watch event: keep the newer record
-                self._observed = record
-                self._observed_at = self.clock()
-                changed = True
-            if self._role is Role.LEADER and (record is None or record.holder != self.identity):
+                late = record is not None and (record.asked is None or record.asked < self._kept)
+                if not (late and old is not None and _rv_older(record.resource_version,
+                                                                old.resource_version)):
+                    self._observed = record
+                    self._observed_at = self.clock()
+                    self._kept = next(_tickets)
+                    changed = True
+            current = self._observed
+            target = current.annotations.get(SWITCHOVER_ANNOTATION) if current else None
+            if target != self._switchover[0]:
+                self._switchover = (target, self.clock())
+            lost = self._role is Role.LEADER and (current is None
+                                                  or current.holder != self.identity)
+            if lost:
                 # Someone else holds it now: we lost, whatever our deadline says.
                 self._role = Role.FOLLOWER
                 self._renewed_at = -math.inf
-                log.warning("lease.lost", holder=record.holder if record else None,
-                            reason="the Lease has another holder, or was deleted")
+        if lost:  # said outside the lock that holds() needs (invariant 12)
+            log.warning("lease.lost", holder=current.holder if current else None,
+                        reason="the Lease has another holder, or was deleted")
         if changed and record is not None:
             self.metrics.set("leader_transitions", record.transitions)
         if changed:
@@ -270,6 +300,11 @@ class Elector:
                          previous=old.holder if old else None)
             self.wake()
             self.on_change()
+
+    def _ask(self, call: Callable[..., LeaseRecord | None], *args: Any) -> Any:
+        """One GET or write of the Lease; its answer says when it was sent (observe)."""
+        asked = next(_tickets)
+        return _stamped(call(*args), asked)
 
     def _expired(self, record: LeaseRecord, observed_at: float) -> bool:
         return self.clock() - observed_at > record.lease_duration
@@ -349,8 +384,11 @@ class Elector:
         with self._lock:
             annotations = dict(base.annotations if base else {})
             annotations.update(self._annotations)
-        if acquiring and annotations.get(SWITCHOVER_ANNOTATION) == self.identity:
-            del annotations[SWITCHOVER_ANNOTATION]  # the switchover is done: we are it
+        if SWITCHOVER_ANNOTATION in annotations and (
+                (acquiring and annotations[SWITCHOVER_ANNOTATION] == self.pod)
+                or self.switchover_target() is None):
+            # Done (we are its target), or stale: nobody may act on it any more.
+            del annotations[SWITCHOVER_ANNOTATION]
         transitions = base.transitions if base else 0
         acquire_time = base.acquire_time if base else None
         if acquiring and (base is None or base.holder != self.identity):
@@ -367,6 +405,16 @@ class Elector:
             renew_time=now,
         )
 
+    def switchover_target(self) -> str | None:
+        """The pod a switchover asks for, while the request is younger than
+        2 x leaseDuration as seen from here; a stale one (its target died, or never took
+        the Lease) is ignored everywhere, and the leader drops it at its next write."""
+        with self._lock:
+            target, seen_at = self._switchover
+        if target and self.clock() - seen_at < 2 * self.timing.lease_duration:
+            return target
+        return None
+
     def _yields(self, record: LeaseRecord | None) -> bool:
         """An operator's word keeps us from acquiring: paused, or a switchover to another.
 
@@ -377,13 +425,11 @@ class Elector:
             return False
         if record.annotations.get(PAUSED_ANNOTATION) == "true":
             return True
-        with self._lock:
-            target, seen_at = self._switchover
-        return bool(target and target != self.identity
-                    and self.clock() - seen_at < 2 * self.timing.lease_duration)
+        target = self.switchover_target()
+        return bool(target and target != self.pod)
 
     def _try_acquire(self) -> None:
-        record = self.lease.get(self._call_timeout())
+        record = self._ask(self.lease.get, self._call_timeout())
         self.observe(record)
         record, observed_at = self.observed()
         if self._yields(record):
@@ -391,13 +437,20 @@ class Elector:
         if record is not None and record.holder and record.holder != self.identity \
                 and not self._expired(record, observed_at):
             return
+        refused = self.may_acquire()
+        if refused != self._refused_for:
+            self._refused_for = refused
+            if refused:
+                log.warning("lease.not_acquiring", why=refused)
+        if refused:
+            return
         desired = self._desired(record, acquiring=True)
         sent = self.clock()
         self.writes += 1
         if record is None:
-            written = self.lease.create(desired, self._call_timeout())
+            written = self._ask(self.lease.create, desired, self._call_timeout())
         else:
-            written = self.lease.replace(desired, self._call_timeout())
+            written = self._ask(self.lease.replace, desired, self._call_timeout())
         with self._lock:
             self._role = Role.LEADER
             self._renewed_at = sent
@@ -412,17 +465,17 @@ class Elector:
         sent = self.clock()
         try:
             self.writes += 1
-            written = self.lease.replace(desired, self._call_timeout())
+            written = self._ask(self.lease.replace, desired, self._call_timeout())
         except Conflict:
             # Someone changed the Lease (an operator's annotation, or a new holder).
-            current = self.lease.get(self._call_timeout())
+            current = self._ask(self.lease.get, self._call_timeout())
             self.observe(current)
             if current is None or current.holder != self.identity:
                 self._lose("conflict: the Lease has another holder")
                 return
             self.writes += 1
-            written = self.lease.replace(self._desired(current, acquiring=False),
-                                         self._call_timeout())
+            written = self._ask(self.lease.replace, self._desired(current, acquiring=False),
+                                self._call_timeout())
         with self._lock:
             if self._role is Role.LEADER:
                 self._renewed_at = sent
@@ -457,12 +510,13 @@ class Elector:
                                annotations={**record.annotations, **self._annotations})
             try:
                 self.writes += 1
-                self.observe(self.lease.replace(released, self.timing.retry_period))
+                self.observe(self._ask(self.lease.replace, released,
+                                       self.timing.retry_period))
                 log.info("lease.released", transitions=record.transitions)
                 return
             except Conflict:
                 try:
-                    self.observe(self.lease.get(self.timing.retry_period))
+                    self.observe(self._ask(self.lease.get, self.timing.retry_period))
                 except ApiUnavailable:
                     return
             except ApiUnavailable as exc:
@@ -493,8 +547,10 @@ class LeaseWatcher:
         stream_timeout = max(5.0, 5 * self.timing.retry_period)
         while not self._stop.is_set():
             try:
+                # A fresh LIST: its answer is the truth the watch events are ordered after.
+                asked = next(_tickets)
                 version, record = self.lease.list_version(self.timing.retry_period)
-                self.observe(record)
+                self.observe(_stamped(record, asked))
                 self.connected = True
                 self.connected_at = time.monotonic()
                 for kind, obj in self.lease.watch(version, stream_timeout):
@@ -520,12 +576,17 @@ def _micro_now() -> datetime:
     return now if now.microsecond else now.replace(microsecond=1)
 
 
-def _rv_older(candidate: str, current: str) -> bool:
-    """True if a watch event is older than what a GET or our own write already showed.
+def _stamped(record: LeaseRecord | None, asked: int) -> LeaseRecord | None:
+    return replace(record, asked=asked) if record is not None else None
 
-    resourceVersions are opaque by contract; etcd-backed ones are increasing integers,
-    and only when both parse as integers do we use that, to keep a late watch event
-    from undoing a newer record (which would make a fresh leader think it lost).
+
+def _rv_older(candidate: str, current: str) -> bool:
+    """True if a record that may be late is older than the one we keep.
+
+    resourceVersions are opaque by contract; etcd-backed ones are increasing integers
+    within one etcd history (a restore or a fresh etcd starts them lower again), and
+    only when both parse as integers do we use that, and only for records that may be
+    late (Elector.observe).
     """
     try:
         return int(candidate) < int(current)

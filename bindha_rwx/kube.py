@@ -125,10 +125,13 @@ class CoreCalls:
                      {"namespace": namespace, "name": name},
                      body={"gracePeriodSeconds": grace_seconds})
 
-    def patch_pod_labels(self, namespace: str, name: str, labels: dict[str, str]) -> None:
+    def patch_pod_labels(self, namespace: str, name: str, labels: dict[str, str],
+                         uid: str | None = None) -> None:
+        meta: dict[str, Any] = {"labels": labels}
+        if uid:
+            meta["uid"] = uid  # the apiserver refuses the patch (409) for another UID
         self.request("PATCH", "/api/v1/namespaces/{namespace}/pods/{name}",
-                     {"namespace": namespace, "name": name},
-                     body={"metadata": {"labels": labels}},
+                     {"namespace": namespace, "name": name}, body={"metadata": meta},
                      content_type="application/merge-patch+json")
 
     def create_event(self, namespace: str, event: dict[str, Any]) -> None:
@@ -148,6 +151,9 @@ class Publisher:
         # The role of the last label PATCH that succeeded, and how many role requests
         # are queued or in flight: reconcile_role() retries a failed one.
         self.role_published: str | None = None
+        # Our Pod object was replaced by another incarnation of the name (a 409 on the
+        # UID precondition): never label it again.
+        self.replaced = False
         self._roles_pending = 0
         self._pending_lock = threading.Lock()
 
@@ -171,7 +177,7 @@ class Publisher:
         an API error would leave the leader-only Service without endpoints); True if a
         request was queued. Nothing is queued while one is pending."""
         with self._pending_lock:
-            if self._roles_pending or self.role_published == role:
+            if self._roles_pending or self.role_published == role or self.replaced:
                 return False
         log.info("role.reconcile", role=role, published=self.role_published)
         self.publish_role(role)
@@ -213,15 +219,28 @@ class Publisher:
                 if other != pod:
                     self._patch(other, self.cfg.role_label.standby)
                     log.info("role.relabelled", pod=other, role=self.cfg.role_label.standby)
-        self._patch(pod, value)
+        if self.replaced:
+            return
+        try:
+            self._patch(pod, value, uid=self.cfg.pod.uid)
+        except ApiException as exc:
+            if exc.status == 409 and self.cfg.pod.uid:
+                self.replaced = True
+                log.error("kube.pod_replaced", pod=pod, uid=self.cfg.pod.uid,
+                          note="the Pod object is another incarnation now (force delete?): "
+                          "this process no longer labels it")
+                return
+            raise
         self.role_published = role
         log.info("role.labelled", pod=pod, label=f"{key}={value}")
 
-    def _patch(self, pod: str, value: str) -> None:
+    def _patch(self, pod: str, value: str, uid: str | None = None) -> None:
+        """``uid``: a precondition (409 if the pod is another incarnation of that name:
+        an old one, back after a force delete, must not relabel the new one)."""
         labels = {self.cfg.role_label.key: value, CLUSTER_LABEL: self.cfg.cluster,
                   COMPONENT_LABEL: "master"}
         assert self.cfg.namespace
-        self.core.patch_pod_labels(self.cfg.namespace, pod, labels)
+        self.core.patch_pod_labels(self.cfg.namespace, pod, labels, uid=uid)
 
     def _emit(self, item: _EventRequest) -> None:
         pod = self.cfg.pod.name

@@ -46,7 +46,6 @@ from bindha_rwx.discovery import EndpointsWatcher
 from bindha_rwx.election import (
     EPOCH_ANNOTATION,
     LEADER_IP_ANNOTATION,
-    SWITCHOVER_ANNOTATION,
     Elector,
     LeaseClient,
     LeaseWatcher,
@@ -117,10 +116,10 @@ class Master:
         self.finished = threading.Event()
         self._dying = threading.Lock()
         self.threads = Threads(self._die, self.shutdown)
-        self.elector = Elector(self.lease, config.pod.name, timing,
+        self.elector = Elector(self.lease, config.pod.identity or config.pod.name, timing,
                                on_change=self._wake.set, heartbeat=self._beat,
                                annotations={LEADER_IP_ANNOTATION: config.pod.ip or ""},
-                               metrics=self.metrics)
+                               metrics=self.metrics, may_acquire=self._candidate_problem)
         self.watcher = LeaseWatcher(self.lease, self.elector.observe, timing)
         self.publisher = Publisher(api, config, timeout=timing.retry_period)
         self.endpoints = EndpointsWatcher(api, config.namespace, config.secondaries.service,
@@ -150,7 +149,7 @@ class Master:
         self._next_journal_check = 0.0
         self.volume_probe = VolumeProbe(
             self.volume.meta_dir / f"probe.{config.pod.name}", interval=timing.retry_period,
-            timeout=max(1.0, 2 * timing.retry_period), active=self._holds_fence,
+            timeout=max(1.0, 2 * timing.retry_period), active=lambda: True,
             on_change=self._on_volume_change)
 
     # -- entry point (main thread) ---------------------------------------------
@@ -163,6 +162,10 @@ class Master:
         log.info("supervisor.start", pod=self.config.pod.name, namespace=self.config.namespace,
                  lease=self.config.lease_name, dyn_dir=str(self.config.paths.dyn_dir),
                  timing=vars(self.config.timing), identity=self.elector.identity)
+        if not self.config.pod.uid:
+            log.warning("supervisor.no_pod_uid", fix="set POD_UID from the downward API "
+                        "(fieldRef metadata.uid): without it a new pod of the same name "
+                        "(after a force delete) is taken for this one (invariant 13)")
         self._set_role_standby(publish=True)
         if self.config.ports.metrics:
             address = self.config.pod.ip or self.config.local_address
@@ -202,9 +205,15 @@ class Master:
         self._targets_changed_at = time.monotonic()
         self._wake.set()
 
-    def _holds_fence(self) -> bool:
-        """For the volume probe's thread: no I/O, reads two fields."""
-        return self.state in (State.LEADER, State.DAMAGED) and self.fence.held
+    def _candidate_problem(self) -> str | None:
+        """For the elector, before it acquires: why this pod must not lead now, else
+        None. A pod whose own mount takes no writes (hung, read-only, gone) would only
+        hold the Lease blocked or stuck (issue 11 item 5). No I/O: the probe's last word."""
+        health = self.volume_probe.health()
+        if health.writable:
+            return None
+        return (f"the shared volume is {health.problem}" if health.writable is False
+                else "the shared volume has not been probed yet")
 
     def _on_lock_lost(self, why: str) -> None:
         """lock-watch's worker: the guard sees fresh() turn false by itself; wake the
@@ -471,9 +480,8 @@ class Master:
 
     def _handing_over(self) -> bool:
         """A switchover to another pod is asked for on the Lease: hand over to it."""
-        record, _ = self.elector.observed()
-        target = record.annotations.get(SWITCHOVER_ANNOTATION) if record else None
-        if target and target != self.config.pod.name:
+        target = self.elector.switchover_target()  # None once stale (issue 11 item 7)
+        if target and target != self.elector.pod:
             log.info("switchover.start", to=target)
             self.publisher.event("SwitchoverStarted", f"handing over to {target}")
             # Stay out until the target has it; _yields() would also stop us re-acquiring.

@@ -26,7 +26,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from bindha_rwx.config import Config
+from bindha_rwx.config import Config, holder_pod
 from bindha_rwx.election import (
     EPOCH_ANNOTATION,
     LEADER_IP_ANNOTATION,
@@ -44,6 +44,9 @@ from bindha_rwx.kube import CLUSTER_LABEL, COMPONENT_LABEL, CoreCalls, event_bod
 from bindha_rwx.probes import RuntimeFiles
 
 API_TIMEOUT = 5.0
+# The taint an operator puts on a node known to be off (Kubernetes' non-graceful node
+# shutdown): proof enough for `fence break` that the pods there no longer run.
+OUT_OF_SERVICE_TAINT = "node.kubernetes.io/out-of-service"
 STATUS_EXPLAINS = 50  # damaged journals explained by named-journalprint, one process each
 
 
@@ -143,7 +146,8 @@ class Ops:
             if record.renew_time is not None:
                 age = round((datetime.now(UTC) - record.renew_time).total_seconds(), 1)
             leader_ip = record.annotations.get(LEADER_IP_ANNOTATION) if record.holder else None
-            lease.update(holder=record.holder, transitions=record.transitions,
+            lease.update(holder=holder_pod(record.holder), holder_identity=record.holder,
+                         transitions=record.transitions,
                          renew_time=record.renew_time.isoformat() if record.renew_time else None,
                          renew_age_seconds_by_this_clock=age,
                          epoch=record.annotations.get(EPOCH_ANNOTATION), leader_ip=leader_ip,
@@ -205,7 +209,7 @@ class Ops:
     def fence_status(self) -> dict[str, Any]:
         record = self.read_lease()
         volume = self.volume_view()
-        holder = record.holder if record else None
+        holder = holder_pod(record.holder) if record else None
         owner = (volume.get("owner") or {}).get("pod") if volume.get("reachable") else None
         found: dict[str, Any] = {"lease_holder": holder,
                                  "lease_renewing": self.renewing(record),
@@ -221,12 +225,44 @@ class Ops:
             return {"exists": False}
         summary = pod_summary(pod, self.config.role_label.key)
         node_ready = None
+        out_of_service = False
         if summary["node"]:
             node = self.core.get_node(summary["node"])
             if node is not None:
                 node_ready = _ready(node)
+                out_of_service = any(t.get("key") == OUT_OF_SERVICE_TAINT
+                                     for t in (node.get("spec") or {}).get("taints") or [])
         return {"exists": True, "phase": summary["phase"], "ready": summary["ready"],
-                "node": summary["node"], "node_ready": node_ready}
+                "node": summary["node"], "node_ready": node_ready,
+                "node_out_of_service": out_of_service}
+
+    def _break_problems(self, dead_pod: str) -> list[str]:
+        """Why breaking ``dead_pod``'s lock is not proven safe (DESIGN invariant 10);
+        empty when its Lease is not renewed and the pod is gone, or its node is NotReady
+        or tainted node.kubernetes.io/out-of-service. Asked before and after the
+        operator's confirmation."""
+        problems = []
+        record = self.read_lease()
+        if record is not None and holder_pod(record.holder) == dead_pod \
+                and self.renewing(record):
+            problems.append(f"{dead_pod} still renews the Lease: it is alive")
+        liveness = self._pod_liveness(dead_pod)
+        if liveness.get("exists") and liveness.get("node_ready") is not False \
+                and not liveness.get("node_out_of_service"):
+            node = liveness.get("node")
+            if not node:
+                where = "is not bound to a node"
+            elif liveness.get("node_ready") is None:
+                where = (f"is on node {node}, whose readiness cannot be read (is the node "
+                         "gone, or may this ServiceAccount not get nodes? see the "
+                         "bindha-rwx-node-reader ClusterRole)")
+            else:
+                where = f"is on node {node}, which is Ready"
+            problems.append(f"pod {dead_pod} still exists ({liveness.get('phase')}, "
+                            f"{'Ready' if liveness.get('ready') else 'not Ready'}) and {where}: "
+                            "delete the pod once its node is off, or wait until the node is "
+                            "NotReady, or taint it node.kubernetes.io/out-of-service")
+        return problems
 
     # -- pause, resume, switchover -------------------------------------------------
 
@@ -269,11 +305,12 @@ class Ops:
             raise OpsError("the cluster is paused: `bindha-rwx resume` first")
         masters = {p["name"]: p for p in self.pods("master")}
         if to is None:
-            ready = [n for n, p in masters.items() if n != record.holder and p["ready"]]
+            ready = [n for n, p in masters.items()
+                     if n != holder_pod(record.holder) and p["ready"]]
             if not ready:
                 raise OpsError("no ready standby master to switch over to")
             to = ready[0]
-        if to == record.holder:
+        if to == holder_pod(record.holder):
             raise OpsError(f"{to} already leads")
         if to not in masters:
             raise OpsError(f"{to} is not a master pod of cluster {self.config.cluster} "
@@ -311,13 +348,7 @@ class Ops:
         if owner is None or owner.pod != dead_pod:
             raise OpsError(f"the lock owner is {owner.pod if owner else 'nobody'}, not "
                            f"{dead_pod}: nothing to break; check `bindha-rwx fence status`")
-        problems = []
-        if record is not None and record.holder == dead_pod and self.renewing(record):
-            problems.append(f"{dead_pod} still renews the Lease: it is alive")
-        liveness = self._pod_liveness(dead_pod)
-        if liveness.get("exists") and liveness.get("phase") == "Running" and \
-                liveness.get("ready") and liveness.get("node_ready") is not False:
-            problems.append(f"{dead_pod} is Running and Ready on a Ready node")
+        problems = self._break_problems(dead_pod)
         if problems and not force:
             raise OpsError("refused: " + "; ".join(problems) + ". If you are sure its node is "
                            "off or its storage access revoked (docs/runbooks/stale-lock.md), "
@@ -325,14 +356,26 @@ class Ops:
         question = (f"{dead_pod} (node {owner.node}, epoch {owner.epoch}) holds the storage "
                     f"lock. Breaking it is safe only if that pod can no longer write: its "
                     f"node is off, or its storage access is revoked. Break it? [yes/no] ")
+        generation_seen = self.volume.read_generation()
         if not confirm(question):
             raise OpsError("not confirmed: nothing was changed")
+        # The world may have moved while the operator read the question: ask again.
+        again = self._break_problems(dead_pod)
+        owner_now = self.volume.read_owner()
+        if owner_now != owner or self.volume.read_generation() != generation_seen:
+            raise OpsError("the lock owner or generation changed while you answered: nothing "
+                           "was changed; check `bindha-rwx fence status` and start again")
+        if again and not force:
+            raise OpsError("refused after the confirmation: " + "; ".join(again) +
+                           ". Nothing was changed")
+        problems = problems or again
+        record = self.read_lease()
         old_generation = self.volume.read_generation()
         generation = old_generation + 1
         self.volume.write_generation(generation)
         epoch = self.volume.bump_epoch()
         cleared = False
-        if record is not None and record.holder == dead_pod:
+        if record is not None and holder_pod(record.holder) == dead_pod:
             try:
                 self.lease.replace(replace(record, holder=None, lease_duration=1),
                                    API_TIMEOUT)

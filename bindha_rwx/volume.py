@@ -93,12 +93,15 @@ class VolumeProbe:
         self._stop.set()
 
     def run(self) -> None:
-        """The probe's thread: one attempt per interval while ``active()``."""
-        while not self._stop.wait(self.interval):
+        """The probe's thread: one attempt at once, then one per interval while
+        ``active()`` (a candidate needs an answer before it may acquire the Lease)."""
+        while True:
             if not self.active():
-                self._set(VolumeHealth(None))  # a standby says nothing about writes
-                continue
-            self.probe_once()
+                self._set(VolumeHealth(None))
+            else:
+                self.probe_once()
+            if self._stop.wait(self.interval):
+                return
 
     def probe_once(self) -> VolumeHealth:
         """One write (or wait on the stuck one); the new health."""

@@ -63,8 +63,12 @@ def write_pod_config(work_dir: Path, *, pod_ip: str, dyn_dir: Path, key_files: M
     return path
 
 
-def pod_env(name: str, ip: str, namespace: str = "lab", node: str = "node-1") -> dict[str, str]:
-    return {"POD_NAME": name, "POD_NAMESPACE": namespace, "POD_IP": ip, "NODE_NAME": node}
+def pod_env(name: str, ip: str, namespace: str = "lab", node: str = "node-1",
+            uid: str | None = None) -> dict[str, str]:
+    env = {"POD_NAME": name, "POD_NAMESPACE": namespace, "POD_IP": ip, "NODE_NAME": node}
+    if uid:
+        env["POD_UID"] = uid
+    return env
 
 
 def load_pod_config(path: Path, name: str, ip: str) -> Config:

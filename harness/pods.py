@@ -26,7 +26,7 @@ import psutil
 import yaml
 from kubernetes import client
 
-from bindha_rwx.config import Config, load_config
+from bindha_rwx.config import Config, holder_pod, load_config
 from bindha_rwx.fencing import SharedVolume
 from bindha_rwx.probes import RuntimeFiles
 from harness.apiproxy import ApiProxy
@@ -87,6 +87,7 @@ class MasterPod:
     process: subprocess.Popen[bytes] | None = None
     # A fault of harness.inject, armed once ``inject_trigger`` exists (fail-stop tests).
     inject: str | None = None
+    uid: str | None = None  # the Pod object's metadata.uid, given as POD_UID
 
     @property
     def inject_trigger(self) -> Path:
@@ -102,10 +103,11 @@ class MasterPod:
 
     @property
     def config(self) -> Config:
-        return load_config(self.config_path, env=pod_env(self.name, self.ip, self.namespace))
+        return load_config(self.config_path,
+                           env=pod_env(self.name, self.ip, self.namespace, uid=self.uid))
 
     def start(self) -> None:
-        env = {**os.environ, **pod_env(self.name, self.ip, self.namespace),
+        env = {**os.environ, **pod_env(self.name, self.ip, self.namespace, uid=self.uid),
                "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         env.pop("KUBERNETES_SERVICE_HOST", None)
         module = ["bindha_rwx"]
@@ -241,6 +243,8 @@ class MasterLab:
     zones: list[dict[str, Any]] = field(default_factory=default_zones)
     pods: list[MasterPod] = field(default_factory=list)
     lease_name: str = "bind-master-leader"
+    # Cluster-scoped objects a test made (Nodes, admission policies): removed at stop().
+    cleanups: list[Callable[[], object]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.shared = self.root / "shared-dyn"
@@ -252,15 +256,17 @@ class MasterLab:
                              ["cluster"]["server"].rsplit(":", 1)[1])
 
     def add_pod(self, name: str | None = None, command: str = "run",
-                dyn_dir: Path | None = None) -> MasterPod:
+                dyn_dir: Path | None = None, incarnation: int = 1) -> MasterPod:
         """A pod whose ``paths.dynDir`` is the one shared directory, or ``dyn_dir``: its own
         mount of it (harness.faultfs: ``FaultVolume(lab.shared).mount(name, dir)``), so a
-        fault hits this pod only; ``lab.volume`` still reads the shared directory."""
+        fault hits this pod only; ``lab.volume`` still reads the shared directory.
+        ``incarnation`` > 1: a new pod of an existing name (after a force delete), with
+        a work directory of its own; the caller deleted the old Pod object."""
         kind = "master" if command == "run" else "secondary"
         index = len([p for p in self.pods if p.command == command])
         name = name or f"bind-{kind}-{index}"
         ip = self.address_pool.take()
-        work = self.root / name
+        work = self.root / (name if incarnation == 1 else f"{name}.{incarnation}")
         path = write_pod_config(
             work, pod_ip=ip, dyn_dir=dyn_dir or self.shared, key_files=self.key_files,
             zones=self.zones,
@@ -275,7 +281,7 @@ class MasterLab:
         # The proxy's address is not in the apiserver's certificate; this name is.
         data["clusters"][0]["cluster"]["tls-server-name"] = "kubernetes.default.svc"
         kubeconfig.write_text(yaml.safe_dump(data))
-        self.core.create_namespaced_pod(self.namespace, client.V1Pod(
+        created = self.core.create_namespaced_pod(self.namespace, client.V1Pod(
             metadata=client.V1ObjectMeta(name=name, labels={
                 "bindha.io/cluster": "lab", "bindha.io/component": kind}),
             spec=client.V1PodSpec(containers=[client.V1Container(name="bind",
@@ -283,7 +289,7 @@ class MasterLab:
         self.set_pod_status(name, ip, ready=True)
         pod = MasterPod(name=name, ip=ip, namespace=self.namespace, config_path=path,
                         kubeconfig=kubeconfig, proxy=proxy, work_dir=work, command=command,
-                        wrap=self.address_pool.wrap)
+                        wrap=self.address_pool.wrap, uid=created.metadata.uid)
         self.pods.append(pod)
         return pod
 
@@ -346,6 +352,9 @@ class MasterLab:
             pod.proxy.close()
         for proc in all_named(self.root):
             proc.kill()
+        while self.cleanups:
+            with contextlib.suppress(Exception):
+                self.cleanups.pop()()
 
     # -- observations --------------------------------------------------------
 
@@ -360,7 +369,7 @@ class MasterLab:
 
     def holder(self) -> str | None:
         lease = self.lease()
-        return lease.spec.holder_identity if lease else None
+        return holder_pod(lease.spec.holder_identity) if lease else None
 
     def pod(self, name: str) -> MasterPod:
         return next(p for p in self.pods if p.name == name)

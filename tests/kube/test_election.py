@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import datetime
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
-from kubernetes import client
+from kubernetes import client, config
 
 from bindha_rwx.config import Timing
-from bindha_rwx.election import Elector, LeaseClient, LeaseWatcher
+from bindha_rwx.election import Elector, LeaseClient, LeaseRecord, LeaseWatcher
 from harness.pods import wait_until
+from harness.testplane import TestPlane, build_binary
+from tests.conftest import require
 
 TIMING = Timing(lease_duration=2.0, renew_deadline=1.2, retry_period=0.3, stop_timeout=0.5)
 
@@ -20,8 +24,8 @@ class Candidate:
     """An elector and its watcher on threads, as the supervisor runs them."""
 
     def __init__(self, api: client.ApiClient, namespace: str, identity: str,
-                 timing: Timing = TIMING) -> None:
-        self.lease = LeaseClient(api, namespace, "bind-master-leader")
+                 timing: Timing = TIMING, lease: LeaseClient | None = None) -> None:
+        self.lease = lease or LeaseClient(api, namespace, "bind-master-leader")
         self.elector = Elector(self.lease, identity, timing)
         self.watcher = LeaseWatcher(self.lease, self.elector.observe, timing)
         self.threads = [threading.Thread(target=self.elector.run, daemon=True),
@@ -45,8 +49,9 @@ class Candidate:
 def candidates(api_client, namespace):
     made: list[Candidate] = []
 
-    def make(identity: str, timing: Timing = TIMING) -> Candidate:
-        candidate = Candidate(api_client, namespace, identity, timing)
+    def make(identity: str, timing: Timing = TIMING,
+             lease: LeaseClient | None = None) -> Candidate:
+        candidate = Candidate(api_client, namespace, identity, timing, lease)
         made.append(candidate)
         return candidate
 
@@ -170,3 +175,131 @@ def test_epoch_annotation_and_foreign_annotations_survive_renewal(candidates, ap
     annotations = read(api_client, namespace).metadata.annotations
     assert annotations["ops/note"] == "hello"
     assert leader.elector.holds()
+
+
+class HeldCreates(LeaseClient):
+    """A LeaseClient whose create() waits until ``go`` is set."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, go: threading.Event) -> None:
+        super().__init__(api, namespace, "bind-master-leader")
+        self.go = go
+
+    def create(self, record: LeaseRecord, timeout: float) -> LeaseRecord:
+        assert self.go.wait(10)
+        return super().create(record, timeout)
+
+
+def foreign_lease(holder: str) -> client.V1Lease:
+    """A Lease another pod holds and will never renew (2 s, renewed just now)."""
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=1)
+    return client.V1Lease(metadata=client.V1ObjectMeta(name="bind-master-leader"),
+                          spec=client.V1LeaseSpec(holder_identity=holder,
+                                                  lease_duration_seconds=2,
+                                                  acquire_time=now, renew_time=now))
+
+
+def test_a_lease_deleted_and_created_again_is_followed(candidates, api_client, namespace):
+    """An operator deletes the Lease and creates it again with another holder while the
+    pods watch: the leader knows at once that it lost, and a pod takes the new Lease once
+    it expires as observed locally. (On one etcd the new Lease has a higher
+    resourceVersion; the restore test below is the one where it goes back.)"""
+    go = threading.Event()
+    go.set()
+    pods = [candidates(name, lease=HeldCreates(api_client, namespace, go))
+            for name in ("pod-a", "pod-b")]
+    for pod in pods:
+        pod.start()
+    wait_until(lambda: any(p.elector.holds() for p in pods), 10, "a leader")
+    leader = next(p for p in pods if p.elector.holds())
+    wait_until(lambda: all(p.watcher.connected_at > 0 for p in pods), 10, "both watching")
+    go.clear()  # the pods' own creates wait: the operator's create below wins the race
+    api = client.CoordinationV1Api(api_client)
+    api.delete_namespaced_lease("bind-master-leader", namespace)
+    wait_until(lambda: not leader.elector.holds(), 2, "the leader sees its Lease deleted")
+    created = api.create_namespaced_lease(namespace, foreign_lease("pod-z"))
+    created_at = time.monotonic()
+    go.set()
+    wait_until(lambda: any(p.elector.holds() for p in pods), 10,
+               "a pod takes the new Lease once it expires")
+    waited = time.monotonic() - created_at
+    assert waited >= 2 - TIMING.retry_period - 0.1, waited  # not before it expired
+    assert waited <= 2 + 2 * TIMING.retry_period + 1.0, waited
+    lease = read(api_client, namespace)
+    assert lease.metadata.uid == created.metadata.uid
+    assert lease.spec.holder_identity in ("pod-a", "pod-b")
+    assert lease.spec.lease_transitions == 1
+    assert sum(p.elector.holds() for p in pods) == 1
+
+
+@pytest.fixture
+def private_plane(tmp_path: Path):
+    """A control plane of this test's own, to stop and restore under the candidates."""
+    require(Path("/usr/bin/openssl").exists(),
+            "openssl is needed to make the apiserver's service-account key")
+    try:
+        binary = build_binary()
+    except Exception as exc:  # the build's own output is on stderr already
+        require(False, f"the test control plane could not be built: {exc}")
+        raise
+    plane = TestPlane(binary=binary, workdir=tmp_path / "plane")
+    plane.start()
+    yield plane
+    plane.stop()
+
+
+def test_candidates_follow_the_lease_back_after_an_etcd_restore(private_plane, tmp_path):
+    """etcd restored from a snapshot: the Lease and its resourceVersion go back to what
+    they were (a holder long dead, a resourceVersion lower than any the pods saw). The
+    leader knows it lost, and a pod takes the Lease once it expires as observed locally.
+
+    The snapshot is a copy of the stopped apiserver's etcd data dir, and the restore puts
+    it back: what `etcdutl snapshot restore` without --bump-revision gives.
+    """
+    plane = private_plane
+    api = config.new_client_from_config(config_file=str(plane.kubeconfig))
+    namespace = "restore"
+    client.CoreV1Api(api).create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    coordination = client.CoordinationV1Api(api)
+    snapped = coordination.create_namespaced_lease(namespace, foreign_lease("pod-gone"))
+    etcd, snapshot = plane.workdir / "etcd", tmp_path / "snapshot"
+    plane.stop()
+    shutil.copytree(etcd, snapshot)
+    plane.start()
+
+    # A renewDeadline far longer than the apiserver's restart: the leader still leads
+    # when it comes back, so what it sees then (not its own deadline) must end its lead.
+    timing = Timing(lease_duration=20, renew_deadline=12, retry_period=0.5, stop_timeout=2)
+    pods = [Candidate(api, namespace, name, timing) for name in ("pod-a", "pod-b")]
+    try:
+        for pod in pods:
+            pod.start()
+        wait_until(lambda: any(p.elector.holds() for p in pods), 15, "a leader")
+        leader = next(p for p in pods if p.elector.holds())
+        before = int(coordination.read_namespaced_lease("bind-master-leader", namespace)
+                     .metadata.resource_version)
+
+        down = time.monotonic()
+        plane.stop()
+        shutil.rmtree(etcd)
+        shutil.copytree(snapshot, etcd)
+        plane.start()
+        restored = coordination.read_namespaced_lease("bind-master-leader", namespace)
+        assert restored.spec.holder_identity == "pod-gone"  # the premise: it went back
+        assert restored.metadata.resource_version == snapped.metadata.resource_version
+        assert int(restored.metadata.resource_version) < before
+
+        wait_until(lambda: not leader.elector.holds(), 2 * timing.retry_period + 2,
+                   "the old leader sees that pod-gone holds the restored Lease")
+        assert time.monotonic() - down < timing.renew_deadline - 2, "lost by its deadline"
+        wait_until(lambda: any(p.elector.holds() for p in pods), 2 + 4 * timing.retry_period
+                   + 5, "a pod takes the restored Lease once it expires")
+        # Not before it could have expired: the pods may see it before start() returns.
+        assert time.monotonic() - down >= 2, time.monotonic() - down
+        lease = coordination.read_namespaced_lease("bind-master-leader", namespace)
+        holders = [p.elector.identity for p in pods if p.elector.holds()]
+        assert holders == [lease.spec.holder_identity], holders
+        assert lease.spec.lease_transitions == 1
+    finally:
+        for pod in pods:
+            pod.stop(release=False)

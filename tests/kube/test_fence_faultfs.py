@@ -200,3 +200,23 @@ def test_a_hung_volume_under_the_leader_ends_its_supervisor(mounted: Mounted):
     assert leader.wait_exit(timeout=10) == EXIT_THREAD_DIED
     named.wait(timeout=10)
     assert lab.leader(timeout=15) is standby
+
+
+def test_a_candidate_whose_volume_hangs_does_not_acquire(mounted: Mounted):
+    """A standby whose own mount hangs would only hold the Lease stuck or blocked: it
+    stays out (its write probe says why), and leads once its mount answers again."""
+    lab = mounted.lab
+    pods = mounted.start(2)
+    leader = lab.leader()
+    standby = next(p for p in pods if p is not leader)
+    mount = mounted.mounts[standby.name]
+    mount.fault("hang")
+    wait_until(lambda: standby.has_event("volume.unwritable"), 5 * T["retry"] + 5,
+               "the standby's write probe reports its hung volume")
+    leader.signal(signal.SIGTERM)  # a graceful handover: the Lease is released at once
+    assert leader.wait_exit(timeout=15) == 0
+    for _ in samples(2 * T["lease"], 0.1):
+        assert lab.holder() is None, "a candidate with a hung volume took the Lease"
+    assert standby.has_event("lease.not_acquiring")
+    mount.heal()
+    assert lab.leader(timeout=5 * T["retry"] + T["lease"] + 10) is standby

@@ -67,7 +67,8 @@ def can(api_client, namespace: str, account: str, verb: str, resource: str, grou
         user=f"system:serviceaccount:{namespace}:{account}",
         groups=["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
         resource_attributes=client.V1ResourceAttributes(
-            namespace=in_namespace or namespace, verb=verb, group=group, resource=resource)))
+            namespace=namespace if in_namespace is None else in_namespace, verb=verb,
+            group=group, resource=resource)))
     return bool(client.AuthorizationV1Api(api_client).create_subject_access_review(
         review).status.allowed)
 
@@ -75,10 +76,29 @@ def can(api_client, namespace: str, account: str, verb: str, resource: str, grou
 def test_roles_grant_what_the_supervisors_use_and_nothing_else(kustomize, api_client,
                                                                namespace):
     dyn = dynamic.DynamicClient(api_client)
+    cluster_wide = []
     for obj in build(kustomize, "base"):
-        if obj["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
+        if obj["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+            # As an overlay's `namespace:` would, and under names of this test's own.
+            obj["metadata"]["name"] += f"-{namespace}"
+            if obj["kind"] == "ClusterRoleBinding":
+                obj["roleRef"]["name"] += f"-{namespace}"
+                for subject in obj["subjects"]:
+                    subject["namespace"] = namespace
+            cluster_wide.append(obj)
+        if obj["kind"] in ("ServiceAccount", "Role", "RoleBinding", "ClusterRole",
+                           "ClusterRoleBinding"):
             dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"]).create(
                 body=obj, namespace=namespace)
+    try:
+        _check_roles(api_client, namespace)
+    finally:
+        for obj in cluster_wide:
+            dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"]).delete(
+                name=obj["metadata"]["name"])
+
+
+def _check_roles(api_client, namespace: str) -> None:
     master = [("get", "leases", "coordination.k8s.io"), ("list", "leases", "coordination.k8s.io"),
               ("watch", "leases", "coordination.k8s.io"),
               ("create", "leases", "coordination.k8s.io"),
@@ -88,6 +108,11 @@ def test_roles_grant_what_the_supervisors_use_and_nothing_else(kustomize, api_cl
               ("watch", "endpointslices", "discovery.k8s.io"), ("create", "events", "")]
     for verb, resource, group in master:
         assert can(api_client, namespace, "bind-master", verb, resource, group), (verb, resource)
+    # fence break reads the old holder's Node (cluster-scoped), and nothing else there.
+    assert can(api_client, namespace, "bind-master", "get", "nodes", "", "")
+    assert not can(api_client, namespace, "bind-master", "list", "nodes", "", "")
+    assert not can(api_client, namespace, "bind-master", "patch", "nodes", "", "")
+    assert not can(api_client, namespace, "bind-secondary", "get", "nodes", "", "")
     secondary = [("get", "leases", "coordination.k8s.io"),
                  ("watch", "leases", "coordination.k8s.io"), ("create", "events", "")]
     for verb, resource, group in secondary:

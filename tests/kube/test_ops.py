@@ -15,8 +15,11 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import yaml
+from kubernetes import client
 
+from bindha_rwx.ops import Ops, OpsError
 from harness.netlab import NetLab
 from harness.pods import MasterLab, MasterPod, samples, wait_until
 
@@ -30,6 +33,26 @@ def cli(pod: MasterPod, *args: str, stdin: str | None = None) -> subprocess.Comp
     return subprocess.run([sys.executable, "-m", "bindha_rwx", *args, "--config",
                            str(pod.config_path)], capture_output=True, text=True, timeout=60,
                           env=env, input=stdin)
+
+
+def bind_to_node(lab: MasterLab, pod: str, ready: bool) -> str:
+    """Schedule ``pod`` onto a Node object of its own (no kubelet runs here: the Node's
+    status is what a node controller would report). Returns the node's name."""
+    name = f"node-{lab.namespace}"
+    lab.core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=name)))
+    lab.cleanups.append(lambda: lab.core.delete_node(name))
+    lab.core.patch_node_status(name, {"status": {"conditions": [
+        {"type": "Ready", "status": "True" if ready else "False", "reason": "Test"}]}})
+    lab.core.create_namespaced_pod_binding(pod, lab.namespace, client.V1Binding(
+        metadata=client.V1ObjectMeta(name=pod),
+        target=client.V1ObjectReference(kind="Node", name=name)), _preload_content=False)
+    return name
+
+
+def taint_out_of_service(lab: MasterLab, node: str, on: bool) -> None:
+    taints = [{"key": "node.kubernetes.io/out-of-service", "value": "nodeshutdown",
+               "effect": "NoExecute"}] if on else []
+    lab.core.patch_node(node, {"spec": {"taints": taints}})
 
 
 def test_fence_break_lets_the_standby_take_over_from_a_frozen_leader(lab: MasterLab):
@@ -49,15 +72,36 @@ def test_fence_break_lets_the_standby_take_over_from_a_frozen_leader(lab: Master
     # The dead pod still looks Running and Ready: refused, and nothing changed.
     refused = cli(standby, "fence", "break", "--confirm-dead", leader.name, "--yes")
     assert refused.returncode == 1
-    assert "is Running and Ready" in refused.stderr and "--force" in refused.stderr
+    assert f"pod {leader.name} still exists" in refused.stderr and "--force" in refused.stderr
     assert lab.volume.read_generation() == 0
+    # Not Ready is no proof while the pod exists on a node that may still run it.
+    lab.set_pod_status(leader.name, leader.ip, ready=False)
+    node = bind_to_node(lab, leader.name, ready=True)
+    refused = cli(standby, "fence", "break", "--confirm-dead", leader.name, "--yes")
+    assert refused.returncode == 1 and f"on node {node}, which is Ready" in refused.stderr
+    assert lab.volume.read_generation() == 0
+    # The operator has powered the node off and says so with the out-of-service taint.
+    taint_out_of_service(lab, node, on=True)
     # Without --yes and without a terminal it asks nobody and changes nothing.
-    lab.set_pod_status(leader.name, leader.ip, ready=False)  # the node controller's verdict
     unconfirmed = cli(standby, "fence", "break", "--confirm-dead", leader.name, stdin="")
     assert unconfirmed.returncode == 1 and "add --yes" in unconfirmed.stderr
     assert lab.volume.read_generation() == 0
     wrong = cli(standby, "fence", "break", "--confirm-dead", standby.name, "--yes")
     assert wrong.returncode == 1 and f"the lock owner is {leader.name}" in wrong.stderr
+
+    # The interlocks are asked again after the confirmation: a taint lifted while the
+    # operator read the question refuses the break.
+    ops = Ops(standby.config, lab.api)
+
+    def untaint_then_yes(_question: str) -> bool:
+        taint_out_of_service(lab, node, on=False)
+        return True
+
+    with pytest.raises(OpsError, match="refused after the confirmation"):
+        ops.fence_break(leader.name, force=False, confirm=untaint_then_yes, delete_pod=False)
+    assert lab.volume.read_generation() == 0
+    lab.core.patch_node_status(node, {"status": {"conditions": [
+        {"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown"}]}})
 
     epoch_before = lab.volume.read_epoch()
     done = cli(standby, "fence", "break", "--confirm-dead", leader.name, "--yes",
@@ -165,3 +209,79 @@ def test_pause_stops_automatic_takeover_until_resume(lab: MasterLab):
     assert cli(standby, "resume").returncode == 0
     wait_until(lambda: lab.holder() == standby.name, T["lease"] + 5, "takeover after resume")
     assert json.loads(cli(standby, "status", "--json").stdout)["lease"]["paused"] is False
+
+
+def _annotate_lease(lab: MasterLab, **annotations: str | None) -> None:
+    """Write the Lease's annotations as another writer would (CAS, retried)."""
+    for _ in range(20):
+        lease = lab.lease()
+        assert lease is not None
+        merged = dict(lease.metadata.annotations or {})
+        for key, value in annotations.items():
+            name = f"bindha.io/{key.replace('_', '-')}"
+            if value is None:
+                merged.pop(name, None)
+            else:
+                merged[name] = value
+        lease.metadata.annotations = merged
+        try:
+            lab.coordination.replace_namespaced_lease(lease.metadata.name, lab.namespace,
+                                                      lease)
+            return
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+    raise AssertionError("the Lease kept changing")
+
+
+def test_a_stale_switchover_is_dropped_not_obeyed_for_ever(lab: MasterLab):
+    """`switchover` accepted a target that died: the leader hands over once, the
+    request goes stale after 2 x leaseDuration, a pod leads and clears it, and nobody
+    hands over again (before: every new leader did, one tick after starting named)."""
+    lab.start(2)
+    lab.leader()
+    _annotate_lease(lab, switchover_to="bind-master-9")  # a target that is gone
+    wait_until(lambda: "bindha.io/switchover-to" not in
+               (lab.lease().metadata.annotations or {}), 2 * T["lease"] + T["lease"] + 10,
+               "the stale request is dropped")
+    leader = lab.leader(timeout=10)
+    for _ in samples(2 * T["lease"], 0.1):
+        assert lab.holder() == leader.name, "a stale switchover still moves the leader"
+    handovers = sum(e.get("event") == "switchover.start" for p in lab.pods for e in p.events())
+    assert handovers <= 1, handovers
+
+
+def test_a_pause_inside_the_compare_and_swap_and_switchover_cancel(lab: MasterLab):
+    lab.start(2)
+    leader = lab.leader()
+    standby = next(p for p in lab.pods if p is not leader)
+    # A pause that lands between switchover's checks and its write wins.
+    ops = Ops(standby.config, lab.api)
+    pods = ops.pods
+
+    def pods_then_pause(component: str) -> list:
+        found = pods(component)
+        Ops(standby.config, lab.api).pause()
+        return found
+
+    ops.pods = pods_then_pause  # type: ignore[method-assign]
+    with pytest.raises(OpsError, match="paused meanwhile"):
+        ops.switchover(standby.name)
+    annotations = lab.lease().metadata.annotations or {}
+    assert "bindha.io/switchover-to" not in annotations
+    assert annotations.get("bindha.io/paused") == "true"
+    # Paused, the leader terminates (a drain): nobody leads, and status says so.
+    leader.signal(signal.SIGTERM)
+    assert leader.wait_exit(timeout=15) == 0
+    for _ in samples(T["lease"], 0.1):
+        assert standby.named_processes() == []
+    lease = json.loads(cli(standby, "status", "--json").stdout)["lease"]
+    assert lease["holder"] is None and "paused with no leader" in lease["warning"]
+    # A request for a target that died is withdrawn by hand.
+    _annotate_lease(lab, switchover_to="bind-master-9")
+    cancelled = cli(standby, "switchover", "--cancel")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "switchover to bind-master-9 withdrawn" in cancelled.stdout
+    assert "bindha.io/switchover-to" not in (lab.lease().metadata.annotations or {})
+    nothing = cli(standby, "switchover", "--cancel")
+    assert nothing.returncode == 0 and "no switchover request was pending" in nothing.stdout
