@@ -8,21 +8,29 @@ States of this pod, and what moves it:
        │             blocked-on-fence        journal-damaged         │
        │             (keeps the Lease,       (keeps the fence, no    │
        │              retries)                named; re-checks)      │
-       └──── Lease lost / epoch moved / named crash-looping ◀────────┘
+       └── Lease lost / epoch moved / lock lost / crash loop / ◀─────┘
+           an error while taking the fence (all through _relinquish)
     any state ──SIGTERM──▶ stopping: leave the Service, stop named, unlock, release
 
-Threads, each with one job (DESIGN: "Liveness of the fence beats everything"):
+Threads, each with one job (DESIGN: "Liveness of the fence beats everything"), all
+started fail-stop (bindha_rwx.scaffold, bindha_rwx.failstop):
 
 - elector: Lease acquire/renew/release, API calls only (bindha_rwx.election);
 - watcher: the Lease watch, so a released Lease is taken at once;
-- guard: kills named the moment ``elector.holds()`` turns false. It does no I/O and
-  calls no API, so nothing can hold it up; it is the fence's last line;
+- guard: kills named the moment ``elector.holds()`` or ``lock_watch.fresh()`` turns
+  false, and ends the process when a watched thread stalls. It does no I/O and calls
+  no API, so nothing can hold it up; it is the fence's last line;
+- lock-watch: re-asserts the storage lock through its own descriptor every
+  retryPeriod, on a worker thread (bindha_rwx.storagelock);
 - controller: the state machine below. It starts named, so it lives as long as the
   process (named's parent-death signal fires when the thread that forked it ends);
 - publisher: pod labels and Events (bindha_rwx.kube);
-- volume-probe: while this pod holds the fence, a write + fsync in ``.bindha/`` on a
-  worker thread of its own (bindha_rwx.volume); it reports, it never stops named;
-- the main thread: signals and, as PID 1, reaping orphans.
+- volume-probe: a write + fsync in ``.bindha/`` on a worker thread of its own
+  (bindha_rwx.volume); it reports, gates candidacy, never stops named;
+- the main thread: signals and, as PID 1, reaping orphans (bindha_rwx.scaffold).
+
+The storage side of leadership is bindha_rwx.fenceholder, the journal check's verdict
+bindha_rwx.journalgate, what the pod reports bindha_rwx.reporter.
 
 Invariant 3: a new leader acquires the Lease, then the lock, bumps the epoch, writes
 the owner record, and only then starts named. named runs only while all three hold.
@@ -30,7 +38,6 @@ the owner record, and only then starts named. named runs only while all three ho
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -39,7 +46,6 @@ from pathlib import Path
 
 from kubernetes import client
 
-from bindha_rwx import log as logs
 from bindha_rwx.bindtools import BindToolError, check_conf, ensure_key_file
 from bindha_rwx.config import Config
 from bindha_rwx.discovery import EndpointsWatcher
@@ -50,37 +56,29 @@ from bindha_rwx.election import (
     LeaseClient,
     LeaseWatcher,
 )
-from bindha_rwx.failstop import Threads
 from bindha_rwx.fenceholder import FenceHolder, backoff
 from bindha_rwx.fencing import FenceError, SharedVolume
 from bindha_rwx.files import atomic_write
 from bindha_rwx.journal import RUNBOOK as JOURNAL_RUNBOOK
 from bindha_rwx.journal import (
-    Damage,
     check_journals,
-    explain_all,
-    same_damage,
-    timed_check,
     zone_journals,
 )
+from bindha_rwx.journalgate import JournalGate
 from bindha_rwx.kube import Publisher
 from bindha_rwx.log import get_logger
 from bindha_rwx.metrics import Metrics
 from bindha_rwx.named import REAP_GRACE, NamedError, NamedProcess, RestartPolicy, Rndc
-from bindha_rwx.probes import RunState, RuntimeFiles, write_role_file
-from bindha_rwx.reaper import reap_orphans
+from bindha_rwx.probes import RuntimeFiles, write_role_file
 from bindha_rwx.reload import ConfigSource, applied, candidate, refused
 from bindha_rwx.render import RNDC_KEY_NAME, render_bootstrap_zone, render_primary
+from bindha_rwx.reporter import Reporter
+from bindha_rwx.scaffold import Scaffold
 from bindha_rwx.storagelock import LockWatch
-from bindha_rwx.volume import RUNBOOK as VOLUME_RUNBOOK
-from bindha_rwx.volume import VolumeHealth, VolumeProbe
+from bindha_rwx.volume import VolumeProbe
 
 log = get_logger("master")
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-# A thread the fence depends on died or stalled (bindha_rwx.failstop): named was killed.
-EXIT_THREAD_DIED = 70
 GUARD_TICK = 0.02
 # A gap this long between two guard ticks means the whole process was frozen.
 FREEZE_GAP = 0.5
@@ -112,16 +110,17 @@ class Master:
         self.lease = LeaseClient(api, config.namespace, config.lease_name)
         self._wake = threading.Event()
         self.metrics = Metrics()
-        self.shutdown = threading.Event()
-        self.finished = threading.Event()
-        self._dying = threading.Lock()
-        self.threads = Threads(self._die, self.shutdown)
+        self.publisher = Publisher(api, config, timeout=timing.retry_period)
+        self.scaffold = Scaffold(named=lambda: [self.named, *self._leftovers],
+                                 event=self.publisher.event, wake=self._wake.set)
+        self.shutdown = self.scaffold.shutdown
+        self.finished = self.scaffold.finished
+        self.threads = self.scaffold.threads
         self.elector = Elector(self.lease, config.pod.identity or config.pod.name, timing,
                                on_change=self._wake.set, heartbeat=self._beat,
                                annotations={LEADER_IP_ANNOTATION: config.pod.ip or ""},
                                metrics=self.metrics, may_acquire=self._candidate_problem)
         self.watcher = LeaseWatcher(self.lease, self.elector.observe, timing)
-        self.publisher = Publisher(api, config, timeout=timing.retry_period)
         self.endpoints = EndpointsWatcher(api, config.namespace, config.secondaries.service,
                                           timing, self._on_secondaries)
         self.targets: tuple[str, ...] = ()
@@ -145,12 +144,14 @@ class Master:
         self._serving_since: float | None = None
         self._blocked_since: float | None = None
         self._next_state_write = 0.0
-        self.damaged: list[Damage] = []
+        self.journals = JournalGate()
         self._next_journal_check = 0.0
         self.volume_probe = VolumeProbe(
             self.volume.meta_dir / f"probe.{config.pod.name}", interval=timing.retry_period,
             timeout=max(1.0, 2 * timing.retry_period), active=lambda: True,
-            on_change=self._on_volume_change)
+            on_change=lambda before, now: self.reporter.volume_changed(before, now))
+        self.reporter = Reporter(config, self.metrics, self.runtime, self.publisher,
+                                 self.volume_probe.path)
 
     # -- entry point (main thread) ---------------------------------------------
 
@@ -181,23 +182,7 @@ class Master:
         start("controller", self._control, budgets["controller"])
         start("endpoints", self.endpoints.run)
         start("volume-probe", self.volume_probe.run)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
-        is_pid1 = os.getpid() == 1
-        try:
-            while not self.finished.wait(0.2):
-                if is_pid1:
-                    reap_orphans(self._managed_pids())
-        except Exception as exc:  # the main thread is fail-stop too
-            self._die("main", f"{type(exc).__name__}: {exc}"[:300])
-        log.info("supervisor.exit", code=EXIT_OK)
-        return EXIT_OK
-
-    def _on_signal(self, signum: int, _frame: object) -> None:
-        if not self.shutdown.is_set():
-            log.info("supervisor.signal", signal=signal.Signals(signum).name)
-        self.shutdown.set()
-        self._wake.set()
+        return self.scaffold.serve("supervisor.exit")
 
     def _on_secondaries(self, addresses: tuple[str, ...]) -> None:
         """EndpointsWatcher thread: note the new set; the controller applies it."""
@@ -227,58 +212,6 @@ class Master:
         self.threads.progress("elector")
         self.runtime.beat(now, threads=self.threads.ages())
 
-    def _on_volume_change(self, before: VolumeHealth, health: VolumeHealth) -> None:
-        """volume-probe thread: say it; nothing here blocks (the Event is queued)."""
-        if health.writable is None:
-            self.metrics.remove("volume_writable")
-            return
-        self.metrics.set("volume_writable", 1 if health.writable else 0)
-        if health.writable:
-            log.info("volume.writable", path=str(self.volume_probe.path),
-                     write_seconds=round(health.seconds or 0.0, 4), free_bytes=health.free_bytes,
-                     again=before.writable is False)
-            if before.writable is False:
-                self.publisher.event("VolumeWritable", "the shared volume takes writes again")
-            return
-        self.metrics.inc("volume_probe_failures_total")
-        log.error("volume.unwritable", problem=health.problem, named="kept running: it "
-                  "answers SERVFAIL to updates and resumes by itself", runbook=VOLUME_RUNBOOK)
-        self.publisher.event("VolumeUnwritable", f"the shared volume is {health.problem}; "
-                             f"named answers updates with SERVFAIL until it is writable; see "
-                             f"{VOLUME_RUNBOOK}", "Warning")
-
-    def _managed_pids(self) -> set[int]:
-        pids = {n.pid for n in (self.named, *self._leftovers) if n is not None}
-        return {pid for pid in pids if pid}
-
-    # -- fail-stop ------------------------------------------------------------
-
-    def _die(self, thread: str, why: str) -> None:
-        """A thread the fence depends on died or stalled: the process's last act.
-
-        SIGKILL to named at once (no rndc: nothing here may still trust the fence),
-        wait a bounded time for it, and exit non-zero so the kubelet restarts the
-        container. The Lease is left to expire (its renewal stops with the process);
-        the lock goes when named's descriptor does. Safe from any thread, once.
-        """
-        if not self._dying.acquire(blocking=False):
-            return
-        try:
-            log.error("supervisor.thread_died", thread=thread, why=why,
-                      named="SIGKILL", exit=EXIT_THREAD_DIED)
-            self.publisher.event("SupervisorFailed", f"thread {thread}: {why}"[:1000],
-                                 "Warning")
-            ended = [n for n in (self.named, *self._leftovers) if n is not None]
-            for named in ended:
-                named.signal_now(signal.SIGKILL)
-            deadline = time.monotonic() + REAP_GRACE
-            pause = threading.Event()  # not time.sleep, which may be what failed
-            while any(n.running for n in ended) and time.monotonic() < deadline:
-                pause.wait(0.02)
-            logs.flush(1.0)
-        finally:
-            os._exit(EXIT_THREAD_DIED)
-
     # -- the guard ------------------------------------------------------------
 
     def _guard(self) -> None:
@@ -289,7 +222,7 @@ class Master:
         while not self.finished.is_set():
             stalled = self.threads.watchdog("guard", freeze_gap=FREEZE_GAP)
             if stalled is not None:
-                self._die("guard", stalled)
+                self.scaffold.die("guard", stalled)
             named = self.named
             fenced = named is not None and not (self.elector.holds() and self.lock_watch.fresh())
             if fenced and named is not None and named.running:
@@ -418,39 +351,31 @@ class Master:
         with no named running on them anywhere. Re-checked every retryPeriod, so the
         runbook's repair is picked up without a restart.
         """
-        journals = zone_journals(self.config.paths.dyn_dir,
-                                 [(z.name, z.file_name) for z in self.config.zones])
-        damaged, took = timed_check(journals)
-        self.metrics.set("journal_check_seconds", took)
-        self.metrics.set("journals_damaged", len(damaged))
+        verdict = self.journals.check(self.config.paths.dyn_dir,
+                                      [(z.name, z.file_name) for z in self.config.zones])
+        self.metrics.set("journal_check_seconds", verdict.seconds)
+        self.metrics.set("journals_damaged", len(verdict.damaged))
         self._next_journal_check = time.monotonic() + self.config.timing.retry_period
-        if not damaged:
-            if self.damaged:
-                log.info("journal.repaired", zones=[d.zone for d in self.damaged],
-                         seconds=round(took, 4))
+        if verdict.sound:
+            if verdict.repaired:
+                log.info("journal.repaired", zones=[d.zone for d in verdict.repaired],
+                         seconds=round(verdict.seconds, 4))
                 self.publisher.event("JournalRepaired", "every journal checks out: starting "
                                      "named")
             else:
-                log.info("journal.checked", journals=len(journals), seconds=round(took, 4))
-            self.damaged = []
+                log.info("journal.checked", journals=verdict.checked,
+                         seconds=round(verdict.seconds, 4))
             return False
-        first_time = self.state is not State.DAMAGED or not same_damage(damaged, self.damaged)
-        if first_time:
-            self.damaged = explain_all(damaged)  # BIND's words, for the first few
         if self.state is State.LEADER:  # a restart after a crash: leave the Service
             write_role_file(self.config.paths.role_file, "standby")
             self.publisher.publish_role("standby")
         self.state = State.DAMAGED
-        if first_time:
-            for damage in self.damaged:
+        if verdict.news:
+            for damage in verdict.damaged:
                 log.error("journal.damaged", **damage.as_dict(), named="not started",
                           runbook=JOURNAL_RUNBOOK)
-            names = ", ".join(d.zone for d in damaged[:5]) + (
-                f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
-            message = (f"named not started: damaged journal of {names}: "
-                       f"{self.damaged[0].summary()}; this pod keeps the fence; see "
-                       f"{JOURNAL_RUNBOOK}")
-            self.publisher.event("JournalDamaged", message[:1000], "Warning")
+            self.publisher.event("JournalDamaged", JournalGate.summary(
+                verdict.damaged, JOURNAL_RUNBOOK)[:1000], "Warning")
         return True
 
     def _wait_for_journals(self) -> None:
@@ -578,7 +503,7 @@ class Master:
                           "descriptor until it is gone")
         self.fence.release()
         self._restart_at = None
-        self.damaged = []
+        self.journals.forget()
         self._blocked_since = None
         if was in (State.LEADER, State.DAMAGED) and not self.shutdown.is_set():
             self.publisher.event("LeaderLost", reason[:1000], "Warning")
@@ -707,31 +632,12 @@ class Master:
 
     def _write_state(self) -> None:
         now = time.monotonic()
-        role = "leader" if self.state is State.LEADER else "standby"
-        for value in (self.config.role_label.leader, self.config.role_label.standby):
-            self.metrics.set("role", 1 if value == getattr(self.config.role_label, role) else 0,
-                             role=value)
-        self.metrics.set("epoch", self.fence.epoch or 0)
-        self.metrics.set("fence_blocked_seconds",
-                         now - self._blocked_since if self._blocked_since else 0)
-        self.metrics.set("also_notify_targets", len(self._rendered_targets or ()))
-        health = self.volume_probe.health()
-        if health.seconds is not None:
-            self.metrics.set("volume_write_seconds", health.seconds)
-        if health.free_bytes is not None:
-            self.metrics.set("volume_free_bytes", health.free_bytes)
-        detail = None
-        if self.state is State.DAMAGED:
-            detail = (f"named not started: {len(self.damaged)} damaged journal(s); see "
-                      f"{JOURNAL_RUNBOOK}")
-        elif health.writable is False:
-            detail = f"shared volume {health.problem}; see {VOLUME_RUNBOOK}"
-        self.runtime.write_state(RunState(
-            role="leader" if self.state is State.LEADER else "standby",
-            state=self.state.value, pid=os.getpid(),
-            watch_connected=self.watcher.connected, epoch=self.fence.epoch, updated=now,
-            detail=detail, journals_damaged=[d.as_dict() for d in self.damaged],
-            volume=health.as_dict() if health.writable is not None else None))
+        self.reporter.write_state(
+            state=self.state.value, leading=self.state is State.LEADER, epoch=self.fence.epoch,
+            blocked_for=now - self._blocked_since if self._blocked_since else 0.0,
+            notify_targets=len(self._rendered_targets or ()),
+            watch_connected=self.watcher.connected, damaged=self.journals.damaged,
+            health=self.volume_probe.health())
 
 
 def budget_seconds(config: Config) -> float:

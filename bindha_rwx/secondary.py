@@ -23,7 +23,6 @@ controller is alive and its work moves (docs/secondaries.md).
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,9 +38,9 @@ from bindha_rwx.kube import Publisher
 from bindha_rwx.log import get_logger
 from bindha_rwx.named import NamedError, NamedProcess, RestartPolicy, Rndc
 from bindha_rwx.probes import RunState, RuntimeFiles, write_role_file
-from bindha_rwx.reaper import reap_orphans
 from bindha_rwx.reload import ConfigSource, applied, candidate
 from bindha_rwx.render import RNDC_KEY_NAME, render_secondary
+from bindha_rwx.scaffold import Scaffold
 from bindha_rwx.soa import ask_serials
 
 log = get_logger("secondary")
@@ -129,9 +128,11 @@ class Secondary:
         self.publisher = Publisher(api, config, timeout=config.timing.retry_period)
         self.restarts = RestartPolicy(max_crashes=10**9, max_delay=config.timing.lease_duration)
         self.refresher = Refresher()
-        self.shutdown = threading.Event()
-        self.finished = threading.Event()
         self._wake = threading.Event()
+        self.scaffold = Scaffold(named=lambda: [self.named], event=self.publisher.event,
+                                 wake=self._wake.set)
+        self.shutdown = self.scaffold.shutdown
+        self.finished = self.scaffold.finished
         self.wanted_primary: str | None = None
         self.primary: str | None = None
         self.named: NamedProcess | None = None
@@ -176,22 +177,9 @@ class Secondary:
         log.info("secondary.start", pod=self.config.pod.name, lease=self.config.lease_name,
                  last_primary=last or None)
         self.publisher.start()
-        for target, name in ((self.watcher.run, "watcher"), (self._control, "controller")):
-            threading.Thread(target=target, name=name, daemon=True).start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
-        is_pid1 = os.getpid() == 1
-        while not self.finished.wait(0.2):
-            if is_pid1:
-                named = self.named
-                reap_orphans({named.pid} if named is not None and named.pid else set())
-        log.info("secondary.exit", code=0)
-        return 0
-
-    def _on_signal(self, signum: int, _frame: object) -> None:
-        log.info("secondary.signal", signal=signal.Signals(signum).name)
-        self.shutdown.set()
-        self._wake.set()
+        self.scaffold.threads.start("watcher", self.watcher.run)
+        self.scaffold.threads.start("controller", self._control)
+        return self.scaffold.serve("secondary.exit")
 
     def _observe(self, record: LeaseRecord | None) -> None:
         """Watcher thread: a Lease with a holder names our primary."""
@@ -206,28 +194,28 @@ class Secondary:
     # -- controller thread ------------------------------------------------------
 
     def _control(self) -> None:
+        """The loop. An exception that escapes it is fail-stop (bindha_rwx.scaffold):
+        ``finished`` is set only on the way out of a stop."""
         tick = min(0.1, self.config.timing.retry_period / 4)
-        try:
-            while not self.shutdown.is_set():
-                self._wake.wait(tick)
-                self._wake.clear()
-                self._beat()
-                if self.shutdown.is_set():
-                    break
-                try:
-                    self._step()
-                except (OSError, BindToolError, NamedError) as exc:
-                    log.error("secondary.error", error=f"{type(exc).__name__}: {exc}"[:300])
-                self._write_state()
-            self.refresher.close()
-            named, self.named = self.named, None
-            if named is not None:
-                ended = named.stop(self.config.timing.stop_timeout)
-                log.info("named.stopped", reason=ended.reason, returncode=ended.returncode)
-            self.watcher.stop()
-            self.publisher.stop()
-        finally:
-            self.finished.set()
+        while not self.shutdown.is_set():
+            self._wake.wait(tick)
+            self._wake.clear()
+            self._beat()
+            if self.shutdown.is_set():
+                break
+            try:
+                self._step()
+            except (OSError, BindToolError, NamedError) as exc:
+                log.error("secondary.error", error=f"{type(exc).__name__}: {exc}"[:300])
+            self._write_state()
+        self.refresher.close()
+        named, self.named = self.named, None
+        if named is not None:
+            ended = named.stop(self.config.timing.stop_timeout)
+            log.info("named.stopped", reason=ended.reason, returncode=ended.returncode)
+        self.watcher.stop()
+        self.publisher.stop()
+        self.finished.set()
 
     def _beat(self) -> None:
         """The liveness heartbeat, written by the controller between bounded steps.

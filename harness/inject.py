@@ -12,7 +12,8 @@ Faults:
 - ``guard-sleep-raises``: ``time.sleep`` raises OSError in the thread named "guard";
 - ``controller-raises``: the controller's state write raises RuntimeError (a bug);
 - ``controller-hangs``: the controller's epoch check blocks for ever (a hung volume
-  under the controller, while the elector goes on renewing).
+  under the controller, while the elector goes on renewing);
+- ``secondary-controller-raises``: the same bug in a secondary's controller.
 """
 
 from __future__ import annotations
@@ -67,8 +68,22 @@ def _controller_hangs() -> None:
     SharedVolume.read_epoch = read_epoch  # type: ignore[method-assign]
 
 
+def _secondary_controller_raises() -> None:
+    from bindha_rwx.secondary import Secondary
+
+    real = Secondary._write_state
+
+    def write_state(self: Secondary) -> None:
+        if _armed():
+            raise RuntimeError("injected: a bug in the secondary's controller")
+        real(self)
+
+    Secondary._write_state = write_state  # type: ignore[method-assign]
+
+
 FAULTS = {"guard-sleep-raises": _guard_sleep_raises, "controller-raises": _controller_raises,
-          "controller-hangs": _controller_hangs}
+          "controller-hangs": _controller_hangs,
+          "secondary-controller-raises": _secondary_controller_raises}
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bindha_rwx import log
 from harness.bindlab import write_key_files
 from harness.loopback import AddressPool
 
@@ -21,6 +22,14 @@ def require(condition: bool, why: str) -> None:
     if IN_CI:
         pytest.fail(f"prerequisite missing under CI: {why}")
     pytest.skip(why)
+
+
+@pytest.fixture(autouse=True)
+def _log_lines_stay_with_their_test() -> Iterator[None]:
+    """bindha_rwx.log writes from a thread of its own: drain it before the test ends,
+    so an in-process component's lines land in that test's captured output."""
+    yield
+    log.flush(2.0)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,8 @@ import dns.rcode
 import dns.update
 import pytest
 
-from bindha_rwx.master import EXIT_THREAD_DIED, thread_budgets
+from bindha_rwx.master import thread_budgets
+from bindha_rwx.scaffold import EXIT_THREAD_DIED
 from harness.bindlab import keyring
 from harness.pods import MasterLab, samples, wait_until
 
@@ -72,6 +73,19 @@ def test_a_thread_that_dies_kills_named_and_ends_the_process(lab: MasterLab, fau
     named.wait(timeout=5)
     assert leader.has_event("supervisor.thread_died")
     assert lab.leader(timeout=T["lease"] + 10) is standby
+
+
+def test_a_secondary_whose_controller_dies_kills_named_and_exits(lab: MasterLab):
+    lab.start(1)
+    lab.leader()
+    secondary = lab.add_pod(command="secondary")
+    secondary.inject = "secondary-controller-raises"
+    secondary.start()
+    named = wait_until(lambda: secondary.named_processes(), 20, "the secondary runs named")[0]
+    secondary.inject_trigger.touch()
+    assert secondary.wait_exit(timeout=10) == EXIT_THREAD_DIED
+    named.wait(timeout=5)
+    assert secondary.has_event("supervisor.thread_died")
 
 
 def test_a_stalled_controller_ends_the_process_while_the_elector_renews(lab: MasterLab):

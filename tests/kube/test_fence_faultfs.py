@@ -21,7 +21,8 @@ import dns.update
 import psutil
 import pytest
 
-from bindha_rwx.master import EXIT_THREAD_DIED, thread_budgets
+from bindha_rwx.master import thread_budgets
+from bindha_rwx.scaffold import EXIT_THREAD_DIED
 from harness.bindlab import keyring
 from harness.faultfs import FaultVolume, PodMount, unavailable
 from harness.pods import MasterLab, MasterPod, samples, wait_until
