@@ -93,6 +93,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.polling import wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
 FSTYPE = "fuse.bindha-faultfs"
 SOURCE_PREFIX = "bindha-faultfs"
@@ -752,14 +754,8 @@ def cleanup_stale_mounts() -> list[str]:
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str,
              interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise FaultFSError(f"not within {timeout:g}s: {what}")
-        time.sleep(interval)
+    """harness.polling.wait_until, polling faster (a mount answers in milliseconds)."""
+    return wait_until(condition, timeout, what, interval)
 
 
 @dataclass

@@ -8,6 +8,7 @@ so that the supervisor can label them and attach Events to them.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,8 +33,11 @@ from bindha_rwx.fencing import SharedVolume
 from bindha_rwx.probes import RuntimeFiles
 from harness.apiproxy import ApiProxy
 from harness.bindlab import pod_env, write_pod_config
+from harness.polling import samples as samples  # re-exported for the tests
+from harness.polling import wait_until as wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
+F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), named here for Pythons without it
 
 # Short timings from the product's own config (DESIGN: tests run with e.g. a 2-3 s Lease).
 TEST_TIMING = {"leaseDuration": 3, "renewDeadline": 1.6, "retryPeriod": 0.4,
@@ -88,6 +93,10 @@ class MasterPod:
     # A fault of harness.inject, armed once ``inject_trigger`` exists (fail-stop tests).
     inject: str | None = None
     uid: str | None = None  # the Pod object's metadata.uid, given as POD_UID
+    # stdout into a 4 KiB pipe that is full from the start and read by nobody until
+    # resume_log_collector(): a stalled log pipeline (fail-stop tests).
+    full_stdout: bool = False
+    _collecting: threading.Event = field(default_factory=threading.Event)
 
     @property
     def inject_trigger(self) -> Path:
@@ -114,11 +123,41 @@ class MasterPod:
         if self.inject is not None:
             module = ["harness.inject", self.inject, "--"]
             env["BINDHA_INJECT_TRIGGER"] = str(self.inject_trigger)
+        stdout_pipe = self._full_pipe() if self.full_stdout else None
         with self.log_path.open("ab") as out, self.named_log_path.open("ab") as err:
             self.process = subprocess.Popen(
                 self.wrap(self.ip, [sys.executable, "-m", *module, self.command,
                                     "--config", str(self.config_path)]),
-                env=env, stdout=out, stderr=err, cwd=ROOT, start_new_session=True)
+                env=env, stdout=out if stdout_pipe is None else stdout_pipe[1], stderr=err,
+                cwd=ROOT, start_new_session=True)
+        if stdout_pipe is not None:
+            os.close(stdout_pipe[1])
+            threading.Thread(target=self._collect, args=(stdout_pipe[0],),
+                             name=f"log-collector-{self.name}", daemon=True).start()
+
+    @staticmethod
+    def _full_pipe() -> tuple[int, int]:
+        """A pipe of one page, already full: the child's first write to it blocks."""
+        read_end, write_end = os.pipe()
+        fcntl.fcntl(write_end, F_SETPIPE_SZ, 4096)
+        os.set_blocking(write_end, False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(write_end, b"#" * 1023 + b"\n")
+        os.set_blocking(write_end, True)
+        return read_end, write_end
+
+    def _collect(self, read_end: int) -> None:
+        """Copies the pipe to log_path once resume_log_collector() is called."""
+        self._collecting.wait()
+        with self.log_path.open("ab") as out:
+            while chunk := os.read(read_end, 65536):
+                out.write(chunk)
+                out.flush()
+        os.close(read_end)
+
+    def resume_log_collector(self) -> None:
+        self._collecting.set()
 
     @property
     def pid(self) -> int:
@@ -178,6 +217,7 @@ class MasterPod:
         """Test clean-up: continue if frozen, SIGTERM, then SIGKILL."""
         if self.process is None:
             return
+        self.resume_log_collector()
         for proc in [*self.named_processes(), self._psutil()]:
             if proc is not None:
                 with contextlib.suppress(psutil.Error):
@@ -452,23 +492,3 @@ def _configuration(kubeconfig: Path) -> client.Configuration:
     kube_config.load_kube_config(config_file=str(kubeconfig),
                                  client_configuration=configuration)
     return configuration
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str,
-               interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not within {timeout:g}s: {what}")
-        time.sleep(interval)
-
-
-def samples(duration: float, interval: float) -> Iterator[float]:
-    """Yield elapsed seconds every ``interval`` for ``duration`` seconds."""
-    start = time.monotonic()
-    while (elapsed := time.monotonic() - start) < duration:
-        yield elapsed
-        time.sleep(interval)

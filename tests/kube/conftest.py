@@ -24,6 +24,13 @@ def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if external:
         yield Path(external)
         return
+    plane = start_plane(tmp_path_factory.mktemp("testplane"))
+    yield plane.kubeconfig
+    plane.stop()
+
+
+def start_plane(workdir: Path) -> TestPlane:
+    """A real kube-apiserver with its etcd in ``workdir``; a missing part fails under CI."""
     require(Path("/usr/bin/openssl").exists() or bool(os.environ.get("BINDHA_TESTPLANE_BIN")),
             "openssl is needed to make the apiserver's service-account key")
     try:
@@ -31,10 +38,9 @@ def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     except Exception as exc:  # the build's own output is on stderr already
         require(False, f"the test control plane could not be built: {exc}")
         raise
-    plane = TestPlane(binary=binary, workdir=tmp_path_factory.mktemp("testplane"))
+    plane = TestPlane(binary=binary, workdir=workdir)
     plane.start()
-    yield plane.kubeconfig
-    plane.stop()
+    return plane
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,7 @@ from kubernetes import client, config
 from bindha_rwx.config import Timing
 from bindha_rwx.election import Elector, LeaseClient, LeaseRecord, LeaseWatcher
 from harness.pods import wait_until
-from harness.testplane import TestPlane, build_binary
-from tests.conftest import require
+from tests.kube.conftest import start_plane
 
 TIMING = Timing(lease_duration=2.0, renew_deadline=1.2, retry_period=0.3, stop_timeout=0.5)
 
@@ -234,15 +233,7 @@ def test_a_lease_deleted_and_created_again_is_followed(candidates, api_client, n
 @pytest.fixture
 def private_plane(tmp_path: Path):
     """A control plane of this test's own, to stop and restore under the candidates."""
-    require(Path("/usr/bin/openssl").exists(),
-            "openssl is needed to make the apiserver's service-account key")
-    try:
-        binary = build_binary()
-    except Exception as exc:  # the build's own output is on stderr already
-        require(False, f"the test control plane could not be built: {exc}")
-        raise
-    plane = TestPlane(binary=binary, workdir=tmp_path / "plane")
-    plane.start()
+    plane = start_plane(tmp_path / "plane")
     yield plane
     plane.stop()
 

@@ -194,3 +194,26 @@ def test_a_failed_role_label_is_sent_again(lab: MasterLab):
         lift()
     wait_until(lambda: lab.role_labels()[leader.name] == label.leader, 5 * T["retry"] + 5,
                "the leader's label is sent again once the API takes it")
+
+
+def test_a_full_stdout_pipe_never_delays_the_kill_of_named(lab: MasterLab):
+    """The log collector has stopped reading (a full stdout pipe from the start): no
+    thread may wait on it. The leader still leads, and cut off from the API its guard
+    still SIGKILLs a named that ignores SIGTERM (here: a stopped one) on time."""
+    first = lab.add_pod()
+    first.full_stdout = True
+    first.start()
+    wait_until(lambda: lab.holder() == first.name and first.named_processes(), 20,
+               "the pod with a full stdout leads and runs named")
+    named = first.named_processes()[0]
+    named.suspend()  # SIGTERM stays pending: only the guard's SIGKILL ends it
+    first.proxy.blackhole()
+    cut_at = time.monotonic()
+    named.wait(timeout=T["deadline"] + T["stop"] + 5)
+    took = time.monotonic() - cut_at
+    assert took <= T["deadline"] + T["stop"] + 1.0, took
+    second = lab.add_pod()
+    second.start()
+    assert lab.leader(timeout=T["lease"] + 15) is second
+    first.resume_log_collector()
+    wait_until(lambda: first.has_event("fence.guard_kill"), 10, "the held lines come out")

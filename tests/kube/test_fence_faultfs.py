@@ -99,12 +99,18 @@ def _probe_live(pod: MasterPod) -> subprocess.CompletedProcess[str]:
                                "PATH": "/usr/bin:/bin:/usr/sbin"})
 
 
-@pytest.mark.parametrize("kind", ["EIO", "ESTALE", "ENOSPC", "EROFS"])
+@pytest.mark.parametrize(("kind", "ops", "paths"), [
+    ("EIO", "mutating", ".bindha/owner.json*"), ("ESTALE", "mutating", ".bindha/owner.json*"),
+    ("ENOSPC", "mutating", ".bindha/owner.json*"), ("EROFS", "mutating", ".bindha/owner.json*"),
+    ("EIO", "mutating", ".bindha/epoch*"),
+    ("EIO", "lock", ".bindha/lock*"),  # the lock call itself fails (fasteners: ThreadError)
+])
 def test_an_io_error_while_taking_the_fence_lets_a_healthy_pod_lead(mounted: Mounted,
-                                                                      kind: str):
+                                                                      kind: str, ops: str,
+                                                                      paths: str):
     lab = mounted.lab
     broken = mounted.add()
-    mounted.mounts[broken.name].fault(kind, ops="mutating", paths=".bindha/owner.json*")
+    mounted.mounts[broken.name].fault(kind, ops=ops, paths=paths)
     broken.start()
     wait_until(lambda: lab.holder() == broken.name or broken.has_event("fence.take_failed"),
                15, f"the first pod takes the Lease and fails to write its owner ({kind})")
