@@ -44,8 +44,9 @@ class VolumeHealth:
                 "free_bytes": self.free_bytes}
 
 
-def write_once(path: Path, payload: bytes) -> tuple[float, int]:
-    """Write + fsync ``path``; returns (seconds, free bytes). OSError as the volume says."""
+def write_once(path: Path, payload: bytes) -> tuple[float, int | None]:
+    """Write + fsync ``path``; returns (seconds, free bytes, None when the filesystem
+    reports no size). OSError as the volume says."""
     started = time.monotonic()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -55,6 +56,10 @@ def write_once(path: Path, payload: bytes) -> tuple[float, int]:
         os.close(fd)
     took = time.monotonic() - started
     stat = os.statvfs(path.parent)
+    if stat.f_blocks == 0:
+        # No size reported at all (seen on CephFS whose cluster has no mgr: statfs
+        # comes from the mgr's pool stats): unknown, not full. The write itself decides.
+        return took, None
     free = stat.f_bavail * stat.f_frsize
     if free == 0:
         raise OSError(errno.ENOSPC, "no free blocks left (statvfs)", str(path.parent))
@@ -83,7 +88,7 @@ class VolumeProbe:
         self._health = VolumeHealth(None)
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
-        self._result: tuple[float, int] | OSError | None = None
+        self._result: tuple[float, int | None] | OSError | None = None
 
     def health(self) -> VolumeHealth:
         with self._lock:

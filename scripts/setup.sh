@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Everything a fresh machine needs for the tests and the demo, idempotent:
 #   apt: bind9 bind9-utils bind9-dnsutils iproute2 openssl util-linux dnsperf, and fuse3
-#        (fusermount3, with libfuse3-3 for harness/faultfs.py) (when missing)
+#        (fusermount3, with libfuse3-3 for harness/faultfs.py), and Ceph 16.2 for the CephFS
+#        lab (harness/cephlab.py): ceph-mon ceph-osd ceph-mds ceph-fuse ceph-common
+#        (~113 packages, ~68 MB download, ~290 MB on disk, ~35 s) (each when missing)
 #   .venv with this package and its test extra
 #   the test control plane (kube-apiserver + etcd), built from the Go module proxy, cached
 #   kustomize (for the manifests tests), built from the Go module proxy, cached
@@ -15,7 +17,9 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 need_apt=()
 for tool in named:bind9 named-checkconf:bind9-utils rndc:bind9-utils tsig-keygen:bind9 \
             dig:bind9-dnsutils nsupdate:bind9-dnsutils ip:iproute2 openssl:openssl \
-            setpriv:util-linux dnsperf:dnsperf fusermount3:fuse3; do
+            setpriv:util-linux nsenter:util-linux dnsperf:dnsperf fusermount3:fuse3 \
+            ceph-mon:ceph-mon ceph-osd:ceph-osd ceph-mds:ceph-mds ceph-fuse:ceph-fuse \
+            ceph:ceph-common ceph-authtool:ceph-common monmaptool:ceph-common; do
   cmd=${tool%%:*} pkg=${tool#*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
     need_apt+=("$pkg")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,3 +52,29 @@ def shared_dir(tmp_path: Path) -> Iterator[Path]:
     dyn = tmp_path / "shared-dyn"
     dyn.mkdir()
     yield dyn
+
+
+@pytest.fixture(scope="session")
+def ceph_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real Ceph cluster with a CephFS for the session (harness/cephlab.py), shared
+    by tests/cephfs and the master pods' CephFS tests."""
+    from harness.cephlab import CephLab, ceph_fuse_mounts, unavailable
+
+    why = unavailable()
+    require(why is None, why or "")
+    workdir = tmp_path_factory.mktemp("cephlab")
+    lab = CephLab(workdir)
+    lab.start()
+    print(f"\ncephfs: lab up in {lab.timings['start']:.2f}s "
+          f"({', '.join(f'{k} {v:.2f}s' for k, v in lab.timings.items() if k != 'start')})")
+    try:
+        yield lab
+    finally:
+        netns = [h.netns for h in lab.hosts]
+        lab.stop()
+        left = [m for m in ceph_fuse_mounts() if m.startswith(str(workdir))]
+        assert not left, f"mounts left behind: {left}"
+        gone = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout
+        names = {line.split()[0] for line in gone.splitlines() if line.strip()}
+        assert not [n for n in netns if n.rsplit("/", 1)[1] in names], gone

@@ -55,3 +55,24 @@ def test_a_hung_write_is_reported_and_blocks_nothing(tmp_path: Path):
         assert not writers[0].is_alive()
     finally:
         os.close(reader)
+
+
+def test_a_filesystem_that_reports_no_size_is_not_full(tmp_path: Path, monkeypatch):
+    """CephFS whose cluster has no mgr reports f_blocks = 0 (seen in the Ceph lab): the
+    size is unknown, not zero; a volume reporting a size and no free block is full."""
+    real = os.statvfs
+
+    def sized(blocks: int, free: int):
+        def statvfs(path):
+            st = real(path)
+            return os.statvfs_result((st.f_bsize, st.f_frsize, blocks, free, free,
+                                      st.f_files, st.f_ffree, st.f_favail, st.f_flag,
+                                      st.f_namemax))
+        return statvfs
+
+    monkeypatch.setattr(os, "statvfs", sized(0, 0))
+    health = make(tmp_path / "probe.pod-0", []).probe_once()
+    assert health.writable is True and health.free_bytes is None
+    monkeypatch.setattr(os, "statvfs", sized(1000, 0))
+    health = make(tmp_path / "probe.pod-0", []).probe_once()
+    assert health.writable is False and health.problem.startswith("full")

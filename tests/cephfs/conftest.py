@@ -1,0 +1,87 @@
+"""Fixtures for the CephFS tests: one Ceph lab for the session (harness/cephlab.py), and per
+test two pods' ceph-fuse mounts, each in a network namespace of its own, with the lock
+holders a test starts always ended and the mounts always gone afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from harness.cephlab import CephLab, CephMount, ceph_fuse_mounts
+
+HOLDER = Path(__file__).with_name("holder.py")
+
+
+class Holder:
+    """tests/cephfs/holder.py in a process of its own, locking ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(HOLDER), str(path)], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def do(self, command: str) -> str:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self.process.stdout.readline().strip()
+
+
+@dataclass
+class Pods:
+    """Two pods' mounts of the lab's CephFS, and a directory of this test's on it."""
+
+    lab: CephLab
+    a: CephMount
+    b: CephMount
+    name: str  # the test's directory, relative to the CephFS root
+    holders: list[Holder] = field(default_factory=list)
+
+    def path(self, mount: CephMount, *parts: str) -> Path:
+        return mount.mountpoint.joinpath(self.name, *parts)
+
+    def holder(self, mount: CephMount, *parts: str) -> Holder:
+        holder = Holder(self.path(mount, *parts))
+        self.holders.append(holder)
+        return holder
+
+    def close(self) -> None:
+        for holder in self.holders:
+            if holder.process.poll() is None:
+                holder.process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                holder.process.wait(10)
+        for mount in (self.a, self.b):
+            mount.unmount()
+            if mount.host is not None:
+                self.lab.remove_host(mount.host)
+
+
+@pytest.fixture
+def pods(ceph_lab: CephLab, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Pods]:
+    a = ceph_lab.mount("pod-a", tmp_path / "pod-a", netns=ceph_lab.host().netns)
+    try:
+        b = ceph_lab.mount("pod-b", tmp_path / "pod-b", netns=ceph_lab.host().netns)
+    except BaseException:
+        a.unmount()
+        if a.host is not None:
+            ceph_lab.remove_host(a.host)
+        raise
+    pods = Pods(ceph_lab, a, b, request.node.name)
+    try:
+        pods.path(a).mkdir()
+        yield pods
+    finally:
+        pods.close()
+        left = [m for m in ceph_fuse_mounts() if m.startswith(str(tmp_path))]
+        assert not left, f"mounts left behind: {left}"

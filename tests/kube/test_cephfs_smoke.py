@@ -1,0 +1,131 @@
+"""The master pods on a real CephFS (issue 12 item 2, the smoke part of the default run).
+
+Each master pod mounts the lab's CephFS with a ceph-fuse of its own (its own client key
+with the pod capabilities, its own MDS session), as each pod of a StatefulSet would; the
+test reads the fencing metadata through one more client of its own. Election, a graceful
+handover under updates (0 acknowledged updates lost), a crash takeover, and the journal
+check all run on CephFS here; the same rows on tmpfs are in test_master.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from harness.cephlab import CephLab, CephMount
+from harness.pods import MasterLab, MasterPod, wait_until
+from harness.writer import UpdateWriter, served_names
+
+pytestmark = [pytest.mark.cephfs, pytest.mark.kube, pytest.mark.named, pytest.mark.root]
+
+ZONE = "ha.example."
+T = {"lease": 3.0, "deadline": 1.6, "retry": 0.4, "stop": 0.8}
+
+
+class OnCephFS:
+    """The lab's master pods, each on its own ceph-fuse mount of one CephFS directory."""
+
+    def __init__(self, lab: MasterLab, ceph: CephLab) -> None:
+        self.lab = lab
+        self.ceph = ceph
+        self.mounts: list[CephMount] = []
+        # The test's own client, where lab.shared (and so lab.volume) is: it starts empty.
+        self.mounts.append(ceph.mount(f"{lab.namespace}-observer", lab.shared))
+        for entry in lab.shared.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+    def add(self) -> MasterPod:
+        name = f"bind-master-{len(self.lab.masters)}"
+        mount = self.ceph.mount(f"{self.lab.namespace}-{name}", self.lab.root / f"{name}.dyn")
+        self.mounts.append(mount)
+        return self.lab.add_pod(name, dyn_dir=mount.mountpoint)
+
+    def start(self, count: int) -> list[MasterPod]:
+        pods = [self.add() for _ in range(count)]
+        for pod in pods:
+            pod.start()
+        return pods
+
+    def close(self) -> None:
+        self.lab.stop()
+        for mount in reversed(self.mounts):
+            mount.unmount()
+
+
+@pytest.fixture
+def on_cephfs(lab: MasterLab, ceph_lab: CephLab) -> Iterator[OnCephFS]:
+    made = OnCephFS(lab, ceph_lab)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def test_election_and_a_graceful_handover_lose_nothing_on_cephfs(on_cephfs: OnCephFS):
+    lab = on_cephfs.lab
+    on_cephfs.start(2)
+    leader = lab.leader(timeout=30)
+    owner = lab.volume.read_owner()
+    assert owner is not None and owner.pod == leader.name  # seen by another client
+    key = leader.config.keys["update-key"]
+    writer = UpdateWriter(ZONE, [p.ip for p in lab.pods], key).start()
+    wait_until(lambda: len(writer.acks) >= 30, 15, "updates flowing")
+    leader.signal(signal.SIGTERM)
+    assert leader.wait_exit(timeout=T["stop"] + 3 * T["retry"] + 10) == 0
+    new = lab.leader(timeout=15)
+    assert new is not leader
+    wait_until(lambda: any(a.server == new.ip for a in writer.acks), 15,
+               "the new leader acknowledges updates")
+    writer.stop()
+    served = served_names(new.ip, ZONE, new.config.keys["transfer-key"])
+    lost = [a.name for a in writer.acks if a.name not in served]
+    assert lost == [], f"acknowledged updates lost on CephFS: {lost[:10]}"
+    assert lab.volume.read_owner().pod == new.name
+
+
+def test_a_crash_takeover_on_cephfs_frees_the_dead_holders_lock(on_cephfs: OnCephFS):
+    """SIGKILL of the supervisor: named dies with it (parent-death signal), the MDS
+    frees the client's lock as the processes' descriptors close, and the standby takes
+    over once the Lease expires."""
+    lab = on_cephfs.lab
+    on_cephfs.start(2)
+    leader = lab.leader(timeout=30)
+    named = leader.named_processes()[0]
+    leader.signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    named.wait(timeout=5)
+    new = lab.leader(timeout=T["lease"] + 15)
+    assert new is not leader
+    took = time.monotonic() - killed_at
+    assert took >= T["lease"] - T["retry"], took  # nobody released the Lease
+    assert lab.volume.read_owner().pod == new.name
+
+
+def test_a_cut_journal_on_cephfs_keeps_named_stopped(on_cephfs: OnCephFS):
+    """The journal check reads the journals through the pod's ceph-fuse: a journal
+    whose tail was cut is refused (journal-damaged) before named could replay it."""
+    lab = on_cephfs.lab
+    (first,) = on_cephfs.start(1)
+    assert lab.leader(timeout=30) is first
+    key = first.config.keys["update-key"]
+    writer = UpdateWriter(ZONE, [first.ip], key).start()
+    wait_until(lambda: len(writer.acks) >= 10, 15, "a journal with transactions")
+    writer.stop()
+    first.signal(signal.SIGKILL)
+    first.wait_exit(timeout=10)
+    journal = lab.shared / "ha.example.zone.jnl"
+    data = journal.read_bytes()
+    journal.write_bytes(data[:-7])  # a transaction's tail is gone
+    second = on_cephfs.add()
+    second.start()
+    wait_until(lambda: second.has_event("journal.damaged"), T["lease"] + 20,
+               "the next holder refuses the cut journal")
+    assert second.named_processes() == []
+    assert journal.stat().st_size == len(data) - 7  # nothing was rewritten
