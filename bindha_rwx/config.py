@@ -162,6 +162,24 @@ class Secondaries:
 
 
 @dataclass(frozen=True)
+class StorageFencing:
+    """``fencing``: how a new Lease holder may take a lock a dead node still holds.
+
+    ``storage: none`` waits for the storage to end the old client's session by itself
+    (CephFS: session_autoclose, 300 s by default); ``ceph`` evicts and blocklists the old
+    holder's CephFS client at the MDS once the interlocks prove that pod gone
+    (docs/supervisor.md). The key needs mds 'allow *' and mon 'allow r' (docs/cephfs.md).
+    """
+
+    storage: str = "none"  # none | ceph
+    ceph_conf: Path = Path("/etc/ceph/ceph.conf")
+    ceph_keyring: Path = Path("/etc/ceph/keyring")
+    ceph_id: str = "bindha-fencer"
+    ceph_mds: str = "cephfs:0"  # the `ceph tell mds.<this>` target: <fs name>:<rank>
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
 class PodEnv:
     """What the downward API tells this process about its pod."""
 
@@ -205,6 +223,7 @@ class Config:
     pod: PodEnv
     acls: dict[str, tuple[str, ...]] = field(default_factory=dict)
     allow_query: tuple[str, ...] = ("any",)
+    fencing: StorageFencing = field(default_factory=StorageFencing)
     source: str = ""
 
     def zone(self, name: str) -> Zone:
@@ -385,7 +404,7 @@ class _Reader:
     def read(self, data: Any, env: Mapping[str, str], source: str) -> Config | None:
         top = self.mapping(data, "", (
             "cluster", "namespace", "lease", "timing", "paths", "roleLabel", "ports",
-            "localAddress", "keys", "zones", "secondaries", "acls", "allowQuery"))
+            "localAddress", "keys", "zones", "secondaries", "acls", "allowQuery", "fencing"))
         cluster = self.string(top, "cluster", "", "bind", _LABEL_VALUE,
                               "use a Kubernetes label value (letters, digits, '-', '_', '.')")
         pod = self.pod_env(env)
@@ -399,6 +418,7 @@ class _Reader:
                                  "use a Kubernetes object name (lower case, digits, '-', '.')")
         keys = self.keys(top.get("keys"))
         secondaries = self.secondaries(top.get("secondaries"), keys)
+        fencing = self.fencing(top.get("fencing"))
         acls = self.acls(top.get("acls"))
         local_address = top.get("localAddress", "127.0.0.1")
         if not _is_ip(local_address):
@@ -417,6 +437,7 @@ class _Reader:
             keys=keys,
             zones=self.zones(top.get("zones"), keys),
             secondaries=secondaries,
+            fencing=fencing,
             acls=acls,
             allow_query=self.allow_query(top.get("allowQuery"), acls),
             pod=pod,
@@ -558,6 +579,36 @@ class _Reader:
                          f"it with `tsig-keygen -a {algorithm} {name}`")
             return None
         return TsigKey(name=name, file=file, algorithm=algorithm, secret=secret)
+
+    def fencing(self, value: Any) -> StorageFencing:
+        data = self.mapping(value, "fencing", ("storage", "ceph"))
+        d = StorageFencing()
+        storage = data.get("storage", d.storage)
+        if storage not in ("none", "ceph"):
+            self.problem("fencing.storage", f"{_show(storage)} is not a storage fence: use "
+                         "none (wait for the storage) or ceph (evict at the MDS)")
+            storage = d.storage
+        ceph = self.mapping(data.get("ceph"), "fencing.ceph",
+                            ("conf", "keyring", "id", "mds", "timeout"))
+        fence = StorageFencing(
+            storage=storage,
+            ceph_conf=self.path(ceph, "conf", "fencing.ceph", d.ceph_conf),
+            ceph_keyring=self.path(ceph, "keyring", "fencing.ceph", d.ceph_keyring),
+            ceph_id=self.string(ceph, "id", "fencing.ceph", d.ceph_id) or d.ceph_id,
+            ceph_mds=self.string(ceph, "mds", "fencing.ceph", d.ceph_mds) or d.ceph_mds,
+            timeout=self.duration(ceph, "timeout", "fencing.ceph", d.timeout))
+        if storage == "ceph":
+            for key, path, fix in (
+                    ("conf", fence.ceph_conf, "mount the cluster's ceph.conf there"),
+                    ("keyring", fence.ceph_keyring, "mount the fencer key's keyring there "
+                     "(a Secret; caps mds 'allow *', mon 'allow r')")):
+                try:
+                    with open(path, encoding="utf-8") as readable:
+                        readable.read(1)
+                except OSError as exc:
+                    self.problem(f"fencing.ceph.{key}", f"{path} cannot be read "
+                                 f"({exc.strerror}): {fix}")
+        return fence
 
     def secondaries(self, value: Any, keys: dict[str, TsigKey]) -> Secondaries:
         data = self.mapping(value, "secondaries", ("service", "transferKey"))

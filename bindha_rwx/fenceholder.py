@@ -41,6 +41,14 @@ class FenceHolder:
     def fd(self) -> int | None:
         return self.lock.fd if self.lock is not None else None
 
+    def prepare(self) -> None:
+        """Standby: keep the current generation's lock file open (StorageLock.open)."""
+        generation = self.volume.read_generation()
+        if self.lock is None or self.lock.generation != generation:
+            self.release()
+            self.lock = StorageLock(self.volume.lock_path(generation), generation)
+        self.lock.open()
+
     def take(self) -> int | None:
         """Lock, bump, record; the new epoch, or None if another description holds the
         lock. OSError/FenceError from the volume, with nothing left taken."""
@@ -53,6 +61,7 @@ class FenceHolder:
         try:
             epoch = self.volume.bump_epoch()
             self.volume.write_owner(Owner.now(epoch=epoch, generation=generation,
+                                              storage_client=self.volume.storage_client(),
                                               **self._who))
         except BaseException:
             self.release()

@@ -45,12 +45,16 @@ class Owner:
     epoch: int
     generation: int
     since: str  # ISO 8601 UTC, for people; no decision compares it with a clock
+    # The holder's storage client at fence time (CephFS: "client4119", the mount's
+    # ceph.client_id): what a storage fence evicts once the holder is proven gone.
+    storage_client: str | None = None
 
     @classmethod
-    def now(cls, *, pod: str, node: str, pod_ip: str, epoch: int, generation: int) -> Owner:
+    def now(cls, *, pod: str, node: str, pod_ip: str, epoch: int, generation: int,
+            storage_client: str | None = None) -> Owner:
         since = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         return cls(pod=pod, node=node, pod_ip=pod_ip, pid=os.getpid(), epoch=epoch,
-                   generation=generation, since=since)
+                   generation=generation, since=since, storage_client=storage_client)
 
 
 class SharedVolume:
@@ -122,10 +126,20 @@ class SharedVolume:
             return None
         except (ValueError, OSError) as exc:
             raise FenceError(f"{self.owner_file} is not readable JSON: {exc}") from None
+        optional = {"storage_client"}
         try:
-            return Owner(**{k: data[k] for k in Owner.__dataclass_fields__})
+            return Owner(**{k: data[k] for k in Owner.__dataclass_fields__
+                            if k not in optional or k in data})
         except (KeyError, TypeError):
             raise FenceError(f"{self.owner_file} lacks fields of an owner record") from None
+
+    def storage_client(self) -> str | None:
+        """This mount's CephFS client id (the ``ceph.client_id`` vxattr), or None on any
+        other filesystem."""
+        try:
+            return os.getxattr(self.dyn_dir, "ceph.client_id").decode().strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
 
     def write_owner(self, owner: Owner) -> None:
         atomic_write(self.owner_file, json.dumps(asdict(owner), indent=1) + "\n")

@@ -38,15 +38,13 @@ from bindha_rwx.election import (
     LeaseRecord,
 )
 from bindha_rwx.fencing import FenceError, SharedVolume
+from bindha_rwx.interlocks import not_proven_gone, pod_liveness
 from bindha_rwx.journal import RUNBOOK as JOURNAL_RUNBOOK
 from bindha_rwx.journal import check_journals, zone_journals
 from bindha_rwx.kube import CLUSTER_LABEL, COMPONENT_LABEL, CoreCalls, event_body
 from bindha_rwx.probes import RuntimeFiles
 
 API_TIMEOUT = 5.0
-# The taint an operator puts on a node known to be off (Kubernetes' non-graceful node
-# shutdown): proof enough for `fence break` that the pods there no longer run.
-OUT_OF_SERVICE_TAINT = "node.kubernetes.io/out-of-service"
 STATUS_EXPLAINS = 50  # damaged journals explained by named-journalprint, one process each
 
 
@@ -220,21 +218,7 @@ class Ops:
         return found
 
     def _pod_liveness(self, name: str) -> dict[str, Any]:
-        pod = self.core.get_pod(self.namespace, name)
-        if pod is None:
-            return {"exists": False}
-        summary = pod_summary(pod, self.config.role_label.key)
-        node_ready = None
-        out_of_service = False
-        if summary["node"]:
-            node = self.core.get_node(summary["node"])
-            if node is not None:
-                node_ready = _ready(node)
-                out_of_service = any(t.get("key") == OUT_OF_SERVICE_TAINT
-                                     for t in (node.get("spec") or {}).get("taints") or [])
-        return {"exists": True, "phase": summary["phase"], "ready": summary["ready"],
-                "node": summary["node"], "node_ready": node_ready,
-                "node_out_of_service": out_of_service}
+        return pod_liveness(self.core, self.namespace, name)
 
     def _break_problems(self, dead_pod: str) -> list[str]:
         """Why breaking ``dead_pod``'s lock is not proven safe (DESIGN invariant 10);
@@ -246,22 +230,9 @@ class Ops:
         if record is not None and holder_pod(record.holder) == dead_pod \
                 and self.renewing(record):
             problems.append(f"{dead_pod} still renews the Lease: it is alive")
-        liveness = self._pod_liveness(dead_pod)
-        if liveness.get("exists") and liveness.get("node_ready") is not False \
-                and not liveness.get("node_out_of_service"):
-            node = liveness.get("node")
-            if not node:
-                where = "is not bound to a node"
-            elif liveness.get("node_ready") is None:
-                where = (f"is on node {node}, whose readiness cannot be read (is the node "
-                         "gone, or may this ServiceAccount not get nodes? see the "
-                         "bindha-rwx-node-reader ClusterRole)")
-            else:
-                where = f"is on node {node}, which is Ready"
-            problems.append(f"pod {dead_pod} still exists ({liveness.get('phase')}, "
-                            f"{'Ready' if liveness.get('ready') else 'not Ready'}) and {where}: "
-                            "delete the pod once its node is off, or wait until the node is "
-                            "NotReady, or taint it node.kubernetes.io/out-of-service")
+        problem = not_proven_gone(self._pod_liveness(dead_pod), dead_pod)
+        if problem:
+            problems.append(problem)
         return problems
 
     # -- pause, resume, switchover -------------------------------------------------

@@ -87,6 +87,13 @@ class StorageLock:
         """We took it and have not closed our copy (not proof that it still holds: touch)."""
         return self._locked
 
+    def open(self) -> None:
+        """Open the lock file without locking it (harmless for an OFD lock): a standby
+        does this ahead, since on CephFS a fresh open of a file whose holder's client is
+        frozen blocks for about 30 s, while a descriptor opened before answers at once."""
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
     def try_acquire(self) -> bool:
         """One non-blocking attempt; False if another description holds it.
 
@@ -95,8 +102,8 @@ class StorageLock:
         """
         if self._locked:
             return True
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.open()
+        assert self._fd is not None
         try:
             _setlk(self._fd, fcntl.F_WRLCK)
         except OSError as exc:

@@ -9,6 +9,8 @@ check all run on CephFS here; the same rows on tmpfs are in test_master.py.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import signal
 import time
@@ -17,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from harness.cephlab import CephLab, CephMount
-from harness.pods import MasterLab, MasterPod, wait_until
+from harness.pods import MasterLab, MasterPod, samples, wait_until
 from harness.writer import UpdateWriter, served_names
 
 pytestmark = [pytest.mark.cephfs, pytest.mark.kube, pytest.mark.named, pytest.mark.root]
@@ -33,6 +35,7 @@ class OnCephFS:
         self.lab = lab
         self.ceph = ceph
         self.mounts: list[CephMount] = []
+        self.by_pod: dict[str, CephMount] = {}
         # The test's own client, where lab.shared (and so lab.volume) is: it starts empty.
         self.mounts.append(ceph.mount(f"{lab.namespace}-observer", lab.shared))
         for entry in lab.shared.iterdir():
@@ -45,6 +48,7 @@ class OnCephFS:
         name = f"bind-master-{len(self.lab.masters)}"
         mount = self.ceph.mount(f"{self.lab.namespace}-{name}", self.lab.root / f"{name}.dyn")
         self.mounts.append(mount)
+        self.by_pod[name] = mount
         return self.lab.add_pod(name, dyn_dir=mount.mountpoint)
 
     def start(self, count: int) -> list[MasterPod]:
@@ -54,6 +58,9 @@ class OnCephFS:
         return pods
 
     def close(self) -> None:
+        for mount in self.mounts:  # a frozen client must run again to be unmounted
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(mount.pid, signal.SIGCONT)
         self.lab.stop()
         for mount in reversed(self.mounts):
             mount.unmount()
@@ -129,3 +136,72 @@ def test_a_cut_journal_on_cephfs_keeps_named_stopped(on_cephfs: OnCephFS):
                "the next holder refuses the cut journal")
     assert second.named_processes() == []
     assert journal.stat().st_size == len(data) - 7  # nothing was rewritten
+
+
+def _lose_the_leaders_node(on_cephfs: OnCephFS, keyring: str, ceph_id: str
+                           ) -> tuple[MasterPod, MasterPod, int]:
+    """Two pods with fencing.storage: ceph; the leader's supervisor, named and ceph-fuse
+    frozen; returns (old leader, standby, the old client's number) once the standby is
+    blocked on the fence."""
+    lab = on_cephfs.lab
+    first, second = on_cephfs.add(), on_cephfs.add()
+    fencing = {"storage": "ceph", "ceph": {"conf": str(on_cephfs.ceph.conf),
+                                           "keyring": keyring, "id": ceph_id, "mds": "a",
+                                           "timeout": "5s"}}
+    lab.rewrite_configs(lambda data: data.update(fencing=fencing))
+    first.start()
+    second.start()
+    leader = lab.leader(timeout=30)
+    standby = second if leader is first else first
+    client = on_cephfs.by_pod[leader.name]
+    number = client.client_id()
+    owner = lab.volume.read_owner()
+    assert owner is not None and owner.storage_client == f"client{number}"
+    named = leader.named_processes()[0]
+    leader.signal(signal.SIGSTOP)
+    named.suspend()
+    os.kill(client.pid, signal.SIGSTOP)  # the whole node stands still
+    wait_until(lambda: standby.has_event("fence.blocked"), T["lease"] + 15,
+               "the standby holds the Lease, blocked on the frozen client's lock")
+    return leader, standby, number
+
+
+def test_a_storage_fence_whose_key_may_not_evict_leaves_the_pod_blocked(
+        on_cephfs: OnCephFS, ceph_lab: CephLab):
+    keyring = ceph_lab.add_client(f"{on_cephfs.lab.namespace}-weak")  # pod caps only
+    leader, standby, _ = _lose_the_leaders_node(on_cephfs, str(keyring),
+                                                f"{on_cephfs.lab.namespace}-weak")
+    on_cephfs.lab.core.delete_namespaced_pod(leader.name, on_cephfs.lab.namespace,
+                                             grace_period_seconds=0)
+    wait_until(lambda: standby.has_event("fence.storage_failed"), 20,
+               "the refused eviction is reported")
+    failed = next(e for e in standby.events() if e.get("event") == "fence.storage_failed")
+    assert "needs mds 'allow *'" in failed["why"], failed
+    for _ in samples(2 * T["lease"], 0.1):
+        assert standby.named_processes() == [], "named although the eviction failed"
+
+
+def test_storage_fencing_evicts_a_lost_nodes_client_once_its_pod_is_gone(
+        on_cephfs: OnCephFS, ceph_lab: CephLab):
+    """A node is lost: the leader's supervisor, named and ceph-fuse all frozen. The
+    standby gets the Lease and is blocked on the lock the frozen client keeps (the MDS
+    would end that session only after session_autoclose, 30 s here, 300 s by default).
+    With fencing.storage: ceph it waits for proof (the pod still exists: no eviction),
+    then, once the pod is deleted, evicts the old client at the MDS and leads at once."""
+    lab = on_cephfs.lab
+    leader, standby, client_number = _lose_the_leaders_node(
+        on_cephfs, str(ceph_lab.keyring("client.fencer")), "fencer")
+    for _ in samples(2 * T["lease"], 0.1):
+        assert standby.named_processes() == [], "named under another client's lock"
+    assert standby.has_event("fence.storage_waiting"), "no proof yet: it must wait"
+    assert not standby.has_event("fence.storage_evicted")
+    lab.core.delete_namespaced_pod(leader.name, lab.namespace, grace_period_seconds=0)
+    deleted_at = time.monotonic()
+    wait_until(lambda: standby.has_event("named.serving"), 20, "the standby leads")
+    took = time.monotonic() - deleted_at
+    assert took < ceph_lab.settings.session_autoclose / 2, f"{took:.1f}s: not the fence"
+    assert standby.has_event("fence.storage_evicted")
+    assert client_number not in [session.get("id") for session in ceph_lab.sessions()]
+    audit = (lab.shared / ".bindha" / "fence.log").read_text().splitlines()[-1]
+    assert '"action": "storage-evict"' in audit and leader.name in audit
+    print(f"node loss with storage fencing: serving {took:.2f}s after the pod was deleted")

@@ -294,3 +294,25 @@ def test_bad_acls(key_files):
     assert found[1] == ("acls.office[0]: '10.0.0.0/33' is not an IP address or CIDR such as "
                         "10.0.0.0/8")
     assert found[2].startswith("allowQuery[0]: 'officce' is not an ACL: define it under acls")
+
+
+def test_storage_fencing_is_off_by_default_and_names_unreadable_files(key_files, tmp_path):
+    assert parse(base(key_files)).fencing.storage == "none"
+    conf = tmp_path / "ceph.conf"
+    conf.write_text("[global]\n")
+    data = base(key_files)
+    data["fencing"] = {"storage": "ceph", "ceph": {"conf": str(conf),
+                                                   "keyring": str(tmp_path / "absent")}}
+    found = problems(data)
+    assert any("fencing.ceph.keyring" in p and str(tmp_path / "absent") in p
+               and "allow *" in p for p in found), found
+    data["fencing"]["storage"] = "nfs"
+    assert any("fencing.storage" in p for p in problems(data))
+    keyring = tmp_path / "fencer.keyring"
+    keyring.write_text("[client.fencer]\n")
+    data["fencing"] = {"storage": "ceph", "ceph": {"conf": str(conf), "keyring": str(keyring),
+                                                   "id": "fencer", "mds": "cephfs:0",
+                                                   "timeout": "5s"}}
+    fencing = parse(data).fencing
+    assert (fencing.storage, fencing.ceph_id, fencing.ceph_mds, fencing.timeout) == (
+        "ceph", "fencer", "cephfs:0", 5.0)
