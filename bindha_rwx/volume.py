@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RUNBOOK = "docs/runbooks/volume-unavailable.md"
+PROBE_BYTES = 64  # the probe file's fixed size
 _WHY = {errno.EROFS: "read-only", errno.ENOSPC: "full", errno.EDQUOT: "full (quota)",
         errno.ENOENT: "gone", errno.ESTALE: "gone (stale handle)",
         errno.ENOTCONN: "gone (not connected)", errno.EIO: "failing (I/O error)",
@@ -48,9 +49,12 @@ def write_once(path: Path, payload: bytes) -> tuple[float, int | None]:
     """Write + fsync ``path``; returns (seconds, free bytes, None when the filesystem
     reports no size). OSError as the volume says."""
     started = time.monotonic()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    # In place, never truncated, always the same length: a probe that freed its block
+    # and allocated it again would hand a full volume's last block to named (seen in
+    # the chaos run once every pod probed: named acknowledged updates on a full volume).
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
-        os.write(fd, payload)
+        os.pwrite(fd, payload[:PROBE_BYTES - 1].ljust(PROBE_BYTES - 1) + b"\n", 0)
         os.fsync(fd)
     finally:
         os.close(fd)
