@@ -563,6 +563,37 @@ class CephLab:
         value, _ = json.JSONDecoder().raw_decode(text.strip())
         return list(value)
 
+    # -- faults of the cluster itself (the chaos runner's mds-hang, mds-restart, full)
+
+    @property
+    def mds_pid(self) -> int:
+        return self.processes[f"mds.{MDS}"].pid
+
+    def restart_mds(self, timeout: float | None = None) -> float:
+        """SIGKILL the MDS and start it again (a crashed MDS; there is no standby): it
+        replays its journal and waits for the clients to reconnect. Seconds until it
+        is active again."""
+        started = time.monotonic()
+        process = self.processes[f"mds.{MDS}"]
+        process.kill()
+        process.wait(10)
+        self._daemon(f"mds.{MDS}", ["ceph-mds", "-c", str(self.conf), "-f", "-i", MDS])
+        wait_until(self._mds_active, timeout or self.settings.ready_timeout,
+                   "the restarted MDS active", interval=0.2)
+        return time.monotonic() - started
+
+    def set_full(self, full: bool) -> None:
+        """Make the cluster full (or not) by its ratios: each OSD compares its use with
+        ``full_ratio`` at its next tick and flags itself full; writes then fail with
+        ENOSPC on every client. (A directory quota, what a ceph-csi or Manila share
+        has, was not enforced by ceph-fuse 16.2 mounted at the quota directory in a
+        probe here, so "full" is the cluster's.)"""
+        ratios = (("nearfull", "0.0001"), ("backfillfull", "0.0002"), ("full", "0.0003"))
+        if not full:
+            ratios = (("full", "0.95"), ("backfillfull", "0.90"), ("nearfull", "0.85"))
+        for name, value in ratios:
+            self.ceph("osd", f"set-{name}-ratio", value)
+
     def add_client(self, name: str, caps: dict[str, str] | None = None) -> Path:
         """Create ``client.<name>`` with ``caps`` (default POD_CAPS); its keyring path."""
         entity = f"client.{name}"

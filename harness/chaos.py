@@ -19,6 +19,11 @@ After every round, the invariants (violations are listed, the run goes on):
 plus what each fault's row of the matrix promises (harness/faults.py).
 
     scripts/chaos [--rounds 3] [--faults a,b] [--seed N] [--timing test|default]
+                  [--volume tmpfs|cephfs [--storage-fencing ceph|none]]
+
+With ``--volume cephfs`` the masters share the Ceph lab's CephFS (harness/cephlab.py),
+each through a ceph-fuse of its own started in its network namespace and bound to a
+Node object of its own, and the CephFS faults of harness/cephfaults.py join the list.
 """
 
 from __future__ import annotations
@@ -49,7 +54,10 @@ from kubernetes import client
 from bindha_rwx.master import budget_seconds
 from bindha_rwx.probes import RuntimeFiles
 from harness.bindlab import write_key_files
-from harness.faults import FAULTS, Fault, Outcome, SharedMount
+from harness.cephfaults import CEPH_FAULTS
+from harness.cephlab import CephLab
+from harness.chaosvolume import CephVolume, ChaosVolume, TmpfsVolume
+from harness.faults import FAULTS, Fault, Outcome
 from harness.invariants import FenceSampler, converge_seconds, missing_acks, orphans
 from harness.netlab import NetLab
 from harness.pods import TEST_TIMING, MasterLab, MasterPod, start_lab, wait_until
@@ -126,9 +134,10 @@ class ChaosLab:
     zone: str
     writer: UpdateWriter
     sampler: FenceSampler
-    shared_mount: SharedMount
+    volume: ChaosVolume
     timing: dict[str, float]
     grace_seconds: float
+    storage_fencing: str = "none"
     queries: QueryLoad | None = None
     crashes: dict[int, list[float]] = field(default_factory=dict)  # supervisor pid: times
 
@@ -157,6 +166,8 @@ class ChaosLab:
         returns the leader and how long the secondaries took to reach its serial."""
         for pod in self.lab.pods:
             if not pod.alive():
+                if pod in self.lab.masters:
+                    self.volume.revive(pod)
                 pod.restart()
         leader = self.lab.leader(timeout=self.timing["leaseDuration"] * 6)
         self.first_ack_from(leader, time.monotonic(), timeout=30)
@@ -197,6 +208,8 @@ class ChaosRun:
     timing: dict[str, float]
     qps: int = 200
     write_interval: float = 0.02
+    volume: str = "tmpfs"  # or cephfs: the lab's CephFS, a ceph-fuse per pod
+    storage_fencing: str = "ceph"  # with cephfs: fencing.storage of every pod
     records: list[dict[str, Any]] = field(default_factory=list)
 
     def run(self, api: client.ApiClient | None = None,
@@ -208,12 +221,12 @@ class ChaosRun:
         net = NetLab()
         plane: TestPlane | None = None
         lab: MasterLab | None = None
-        mount: SharedMount | None = None
+        volume: ChaosVolume | None = None
+        ceph: CephLab | None = None
         chaos: ChaosLab | None = None
         summary: dict[str, Any] = {}
         namespace = f"chaos-{uuid.uuid4().hex[:6]}"
         try:
-            mount = SharedMount(self.root / "shared-dyn")
             if api is None or kubeconfig is None:
                 plane, lab = start_lab(self.root, namespace, net, self.timing)
             else:
@@ -224,7 +237,14 @@ class ChaosRun:
                                 key_files=write_key_files(self.root / "keys",
                                                           ["update-key", "transfer-key"]),
                                 timing=dict(self.timing))
-            lab.start(3)
+            if self.volume == "cephfs":
+                ceph = CephLab(self.root / "ceph")
+                ceph.start()
+                volume = CephVolume(ceph, net, lab, self.storage_fencing)
+            else:
+                volume = TmpfsVolume(lab.shared)
+            for pod in [volume.add_master(lab) for _ in range(3)]:
+                pod.start()
             leader = lab.leader(timeout=60)
             lab.start_secondaries(2)
             lab.publish_endpoints([s.ip for s in lab.secondaries])
@@ -234,14 +254,16 @@ class ChaosRun:
             sampler = FenceSampler([p.work_dir for p in lab.masters], lab.volume).start()
             config = leader.config
             chaos = ChaosLab(lab=lab, zone=ZONE, writer=writer, sampler=sampler,
-                             shared_mount=mount, timing=self.timing,
-                             grace_seconds=budget_seconds(config) + 5)
+                             volume=volume, timing=self.timing,
+                             grace_seconds=budget_seconds(config) + 5,
+                             storage_fencing=(self.storage_fencing
+                                              if self.volume == "cephfs" else "none"))
             chaos.settle()
             chaos.queries = QueryLoad([s.ip for s in lab.secondaries], self.qps, self.root)
             wait_until(lambda q=chaos.queries: all(r and r[-1] > 0 for r in q.rates(
                 0, time.time() + 1)), 30, "dnsperf answered by both secondaries")
             for index, name in enumerate(order, 1):
-                record = self.round(chaos, index, name, FAULTS[name])
+                record = self.round(chaos, index, name, ALL_FAULTS[name])
                 self.records.append(record)
                 state = "ok" if not record["violations"] else \
                     "VIOLATION " + "; ".join(record["violations"])
@@ -254,12 +276,16 @@ class ChaosRun:
                 chaos.sampler.stop()
                 if chaos.queries is not None:
                     summary["queries"] = chaos.queries.stop()
+            if isinstance(volume, CephVolume):
+                volume.close()  # frozen or cut clients run again: the pods can stop
             if lab is not None:
                 lab.stop()
                 if plane is None:
                     client.CoreV1Api(lab.api).delete_namespace(namespace)
-            if mount is not None:
-                mount.close()
+            if isinstance(volume, TmpfsVolume):
+                volume.close()
+            if ceph is not None:
+                ceph.stop()
             net.close()
             if plane is not None:
                 plane.stop()
@@ -374,34 +400,51 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     return by_fault
 
 
+ALL_FAULTS: dict[str, Fault] = {**FAULTS, **CEPH_FAULTS}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/chaos", description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each fault")
-    parser.add_argument("--faults", default=",".join(FAULTS),
-                        help=f"comma-separated, of: {', '.join(FAULTS)}")
+    parser.add_argument("--faults", default=None,
+                        help=f"comma-separated, of: {', '.join(FAULTS)}; with --volume "
+                             f"cephfs also {', '.join(CEPH_FAULTS)} (default: all)")
+    parser.add_argument("--volume", choices=("tmpfs", "cephfs"), default="tmpfs",
+                        help="tmpfs: one local tmpfs; cephfs: the Ceph lab, a ceph-fuse "
+                             "per pod in the pod's network namespace")
+    parser.add_argument("--storage-fencing", choices=("ceph", "none"), default="ceph",
+                        help="(cephfs) every pod's fencing.storage")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--timing", choices=("test", "default"), default="test",
                         help="test: a 3 s Lease (fast rounds); default: the product's 10 s")
     parser.add_argument("--qps", type=int, default=200, help="dnsperf rate per secondary")
-    parser.add_argument("--output", type=Path, default=RESULTS / "chaos.json")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="default benchmarks/results/chaos.json, or chaos-cephfs.json")
     parser.add_argument("--keep", action="store_true",
                         help="keep every pod's logs (the temp dir) after a passing run too")
     args = parser.parse_args(argv)
-    faults = [f.strip() for f in args.faults.split(",") if f.strip()]
-    unknown = [f for f in faults if f not in FAULTS]
+    known = FAULTS if args.volume == "tmpfs" else ALL_FAULTS
+    faults = [f.strip() for f in (args.faults or ",".join(known)).split(",") if f.strip()]
+    unknown = [f for f in faults if f not in known]
     if unknown:
-        print(f"chaos: unknown fault {unknown}; choose from {', '.join(FAULTS)}",
-              file=sys.stderr)
+        print(f"chaos: unknown fault {unknown} for --volume {args.volume}; choose from "
+              f"{', '.join(known)}", file=sys.stderr)
         return 2
+    if args.output is None:
+        args.output = RESULTS / ("chaos.json" if args.volume == "tmpfs" else
+                                 f"chaos-cephfs-{args.storage_fencing}.json")
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     timing = dict(TEST_TIMING if args.timing == "test" else DEFAULT_TIMING)
     root = Path(tempfile.mkdtemp(prefix="bindha-chaos-"))
     started = time.time()
-    print(f"chaos: {args.rounds} rounds of {len(faults)} faults, seed {seed}, timing {timing}",
+    print(f"chaos: {args.rounds} rounds of {len(faults)} faults, seed {seed}, timing {timing}, "
+          f"volume {args.volume}"
+          + (f", storage fencing {args.storage_fencing}" if args.volume == "cephfs" else ""),
           flush=True)
     try:
         result = ChaosRun(root=root, rounds=args.rounds, faults=faults, seed=seed,
-                          timing=timing, qps=args.qps).run()
+                          timing=timing, qps=args.qps, volume=args.volume,
+                          storage_fencing=args.storage_fencing).run()
     except (AssertionError, RuntimeError, OSError) as exc:
         # The cluster never reached a steady state: keep every pod's log to read.
         print(f"chaos: the run stopped: {exc}\nchaos: pods' logs kept under {root}",
@@ -416,7 +459,9 @@ def main(argv: list[str] | None = None) -> int:
                   "python": platform.python_version()},
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
               "duration_s": round(time.time() - started, 1), "seed": seed, "timing": timing,
-              "rounds_per_fault": args.rounds, "summary": summarize(result["rounds"]),
+              "rounds_per_fault": args.rounds, "volume": args.volume,
+              "storage_fencing": args.storage_fencing if args.volume == "cephfs" else None,
+              "summary": summarize(result["rounds"]),
               **result}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")

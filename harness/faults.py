@@ -11,19 +11,19 @@ secondaries converge, no orphan) are checked by the runner, not here.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from bindha_rwx.journal import read_header
 from bindha_rwx.probes import RuntimeFiles
 from harness.bindlab import soa_serial
+from harness.invariants import possible_writers
 from harness.pods import MasterPod, configmap_update, wait_until
 
 if TYPE_CHECKING:
@@ -279,9 +279,9 @@ def _volume_fault(c: ChaosLab, leader: MasterPod, kind: str) -> Outcome:
     named = leader.named_processes()
     acked_before = len(c.writer.acks)
     reported_before = _count(leader, "volume.unwritable")
-    start = time.monotonic()
-    pids = [p.pid for p in c.lab.masters if p.alive()]
-    filler = c.shared_mount.break_it(kind, pids)
+    pods = [p for p in c.lab.masters if p.alive()]
+    filler = c.volume.break_it(kind, pods)
+    start = time.monotonic()  # once it is read-only or full (a Ceph OSD: its next tick)
     try:
         time.sleep(c.timing["leaseDuration"])
         # Read-only: not one ack. Full: the journal's last block may still have room for
@@ -294,7 +294,7 @@ def _volume_fault(c: ChaosLab, leader: MasterPod, kind: str) -> Outcome:
         out.expect(_count(leader, "volume.unwritable") > reported_before,
                    f"{leader.name} did not report the {kind} volume (volume.unwritable)")
     finally:
-        c.shared_mount.heal(kind, filler, pids)
+        c.volume.heal(kind, filler, pods)
     healed = time.monotonic()
     out.figures["resume_after_heal_s"] = c.first_ack_from(leader, healed, timeout=30) - healed
     out.expect(leader.named_processes() == named and c.lab.holder() == leader.name,
@@ -314,11 +314,23 @@ def journal_cut(c: ChaosLab, leader: MasterPod) -> Outcome:
     if not out.expect(bool(journals), "no journal on the shared volume to damage"):
         return out
     journal = journals[0]
+    named = leader.named_processes()
     signal_tree(pod_tree(leader), signal.SIGKILL)
     leader.wait_exit(10)
+    # named's last write may still be on its way when it is killed (on a FUSE mount it
+    # sits in the daemon's queue and lands after the process is gone, over the cut):
+    # cut only once named has exited (a zombie has closed its files).
+    out.expect(_wait_gone(named, 10), f"{leader.name}'s named outlived SIGKILL by 10 s")
     saved = journal.read_bytes()
+    header = read_header(saved)
+    if not out.expect(header is not None, f"{journal.name} has no journal header"):
+        return out
+    assert header is not None
+    # Inside the last committed transaction: a kill between a transaction's append and
+    # the header's update leaves bytes past the header's end, which every reader ignores
+    # (cutting those would damage nothing; seen on CephFS, where that gap is wider).
     with journal.open("r+b") as stream:
-        stream.truncate(len(saved) - 20)  # inside the last transaction
+        stream.truncate(header.end_offset - 20)
     start = time.monotonic()
 
     try:
@@ -332,7 +344,12 @@ def journal_cut(c: ChaosLab, leader: MasterPod) -> Outcome:
         out.expect(_state(holder) == "journal-damaged", f"{holder.name} left "
                    "journal-damaged while the journal was still cut")
     finally:
-        journal.write_bytes(saved)
+        # The snapshot goes back only while no named runs on the volume: written under a
+        # running named it would corrupt the journal that named appends to.
+        if not possible_writers([p.work_dir for p in c.lab.masters]):
+            journal.write_bytes(saved)
+        else:
+            out.violations.append("a named runs on the cut journal: not restored")
     repaired = time.monotonic()
     new = c.new_leader(leader, timeout=c.timing["leaseDuration"] * 4)
     out.figures["serving_after_repair_s"] = c.first_ack_from(new, repaired, timeout=30) \
@@ -391,74 +408,6 @@ def _running(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-
-
-class SharedMount:
-    """The shared directory as a tmpfs of its own, so a round can make it read-only or
-    full without touching anything else on the machine (as a CephFS/NFS mount can be).
-
-    Read-only is a read-only bind mount stacked on the directory, in each master pod's
-    mount namespace (``ip netns exec`` gives each pod one): every open from then on
-    meets EROFS. (``mount -o remount,ro`` of the volume itself is refused with EBUSY
-    while a file on it is open for writing, and the storage lock's file always is; the
-    files opened before keep their mount, as on a real client that turned read-only
-    only for new operations.) Full is a filler file fallocated over the free space
-    (ENOSPC).
-    """
-
-    def __init__(self, path: Path, size_mib: int = 256) -> None:
-        self.path = path
-        self.path.mkdir(parents=True, exist_ok=True)
-        _run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0755", "bindha-chaos",
-              str(path)])
-
-    def break_it(self, kind: str, pids: list[int]) -> Path | None:
-        """Make the volume read-only (in the mount namespace of each of ``pids``: every
-        pod in a network namespace has its own) or full (the one tmpfs all share)."""
-        if kind == "readonly":
-            for pid in pids:
-                self._in_namespace(pid, ["mount", "--bind", str(self.path), str(self.path)])
-                self._in_namespace(pid, ["mount", "-o", "remount,bind,ro", str(self.path)])
-            return None
-        filler = self.path / ".chaos-filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-        offset = 0
-        try:
-            # tmpfs undoes a whole fallocate that hits ENOSPC: fill in shrinking steps.
-            for step in (64 << 20, 1 << 20, 4096):
-                while True:
-                    try:
-                        os.posix_fallocate(fd, offset, step)
-                    except OSError:
-                        break
-                    offset += step
-        finally:
-            os.close(fd)
-        free = os.statvfs(self.path).f_bavail
-        if free:
-            raise RuntimeError(f"could not fill {self.path}: {free} blocks still free")
-        return filler
-
-    def heal(self, kind: str, filler: Path | None, pids: list[int]) -> None:
-        if kind == "readonly":
-            for pid in pids:
-                self._in_namespace(pid, ["umount", "-l", str(self.path)])
-        elif filler is not None:
-            filler.unlink(missing_ok=True)
-
-    @staticmethod
-    def _in_namespace(pid: int, argv: list[str]) -> None:
-        _run(["nsenter", "-t", str(pid), "-m", "--", *argv])
-
-    def close(self) -> None:
-        subprocess.run(["umount", "-l", str(self.path)], capture_output=True, timeout=30,
-                       check=False)
-
-
-def _run(argv: list[str]) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: {result.stderr.strip()}")
 
 
 FAULTS: dict[str, Fault] = {

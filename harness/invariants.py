@@ -19,6 +19,7 @@ import psutil
 from bindha_rwx.config import TsigKey
 from bindha_rwx.fencing import SharedVolume
 from harness.bindlab import soa_serial
+from harness.procstate import can_run
 from harness.writer import Ack, served_names
 
 
@@ -44,10 +45,17 @@ class FenceSampler:
     samples: list[WriterSample] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _latest: tuple[float, int | None, str | None] = (0.0, None, None)  # read at, epoch, owner
+    # Pods whose storage client was proven fenced (evicted at the MDS and on the OSD
+    # blocklist), from when: their named can run but no write of theirs reaches the
+    # volume, so it is no writer (a lost node's, once it comes back).
+    fenced: dict[str, float] = field(default_factory=dict)
 
     def start(self) -> FenceSampler:
         self._thread = threading.Thread(target=self._run, name="fence-sampler", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._read_volume, name="fence-sampler-volume",
+                         daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -55,15 +63,29 @@ class FenceSampler:
         if self._thread is not None:
             self._thread.join(5)
 
-    def _run(self) -> None:
+    def _read_volume(self) -> None:
+        """The epoch and the owner record, on a thread of their own: on CephFS a read can
+        block for as long as another client is frozen holding the file's caps, and the
+        process samples (never two named) must not stop meanwhile."""
         while not self._stop.is_set():
-            writers = tuple(_pod_of(p, self.master_dirs) for p in master_named(self.master_dirs))
             epoch: int | None = None
             owner: str | None = None
             with contextlib.suppress(Exception):  # a full or immutable volume: unknown
                 epoch = self.volume.read_epoch()
                 record = self.volume.read_owner()
                 owner = record.pod if record else None
+            self._latest = (time.monotonic(), epoch, owner)
+            self._stop.wait(self.interval)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            writers = tuple(pod for pod in (_pod_of(p, self.master_dirs)
+                                            for p in possible_writers(self.master_dirs))
+                            if self.fenced.get(pod, now + 1) > now)
+            read_at, epoch, owner = self._latest
+            if time.monotonic() - read_at > 4 * self.interval:  # a stale read: unknown
+                epoch, owner = None, None
             self.samples.append(WriterSample(time.monotonic(), writers, epoch, owner))
             self._stop.wait(self.interval)
 
@@ -108,6 +130,11 @@ def master_named(master_dirs: list[Path]) -> list[psutil.Process]:
         if any(arg.startswith(prefix) for arg in info["cmdline"] or [] for prefix in prefixes):
             found.append(proc)
     return found
+
+
+def possible_writers(master_dirs: list[Path]) -> list[psutil.Process]:
+    """The master named processes that can still write (harness/procstate.py)."""
+    return [proc for proc in master_named(master_dirs) if can_run(proc)]
 
 
 def _pod_of(proc: psutil.Process, master_dirs: list[Path]) -> str:

@@ -68,6 +68,16 @@ class NetLab:
         self._netns[ip] = netns
         return ip
 
+    def netns(self, ip: str) -> str:
+        """The name of the namespace of the host ``ip`` (under /run/netns)."""
+        return self._netns[ip]
+
+    def link(self, ip: str) -> str:
+        """The root-side end of the host's veth: ``ip link set <it> down`` cuts it off the
+        API (and every other host on the bridge)."""
+        host = ip.rsplit(".", 1)[1]
+        return f"bh{self.subnet}h{host}"
+
     def wrap(self, ip: str, argv: list[str]) -> list[str]:
         """Run ``argv`` inside the host's namespace (ip execs it: the pid stays)."""
         return ["ip", "netns", "exec", self._netns[ip], *argv]

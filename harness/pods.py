@@ -35,6 +35,7 @@ from harness.apiproxy import ApiProxy
 from harness.bindlab import pod_env, write_pod_config
 from harness.polling import samples as samples  # re-exported for the tests
 from harness.polling import wait_until as wait_until
+from harness.procstate import sigkill_pending, stopped
 
 ROOT = Path(__file__).resolve().parent.parent
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), named here for Pythons without it
@@ -244,18 +245,6 @@ def _is_running_named(proc: psutil.Process) -> bool:
         return False
 
 
-def _killed(proc: psutil.Process) -> bool:
-    """True once SIGKILL is queued for ``proc`` (or it is gone): it never runs user code
-    again, though it is not a zombie yet. The kernel keeps the signal in the process's
-    shared pending set (ShdPnd in /proc/PID/status) until the process is reaped."""
-    try:
-        with open(f"/proc/{proc.pid}/status") as status:
-            pending = next(line for line in status if line.startswith("ShdPnd:"))
-    except (OSError, StopIteration):
-        return True
-    return bool(int(pending.split()[1], 16) & (1 << (signal.SIGKILL - 1)))
-
-
 def all_named(under: Path) -> list[psutil.Process]:
     """Every running named whose config lies under ``under`` (orphans included)."""
     found = []
@@ -283,6 +272,8 @@ class MasterLab:
     zones: list[dict[str, Any]] = field(default_factory=default_zones)
     pods: list[MasterPod] = field(default_factory=list)
     lease_name: str = "bind-master-leader"
+    # More top-level config for every pod added from now on (e.g. ``fencing``).
+    extra_config: dict[str, Any] = field(default_factory=dict)
     # Cluster-scoped objects a test made (Nodes, admission policies): removed at stop().
     cleanups: list[Callable[[], object]] = field(default_factory=list)
 
@@ -312,7 +303,7 @@ class MasterLab:
             zones=self.zones,
             rndc_port=9600 + int(ip.rsplit(".", 1)[1]),
             extra={"namespace": self.namespace, "cluster": "lab", "timing": self.timing,
-                   "lease": {"name": self.lease_name}})
+                   "lease": {"name": self.lease_name}, **self.extra_config})
         path = configmap_mount(path)
         proxy = ApiProxy(self._api_port, listen_host=self.address_pool.api_host)
         kubeconfig = work / "kubeconfig"
@@ -420,17 +411,18 @@ class MasterLab:
     def leader(self, timeout: float = 20.0) -> MasterPod:
         """The pod whose named serves every zone, once there is exactly one.
 
+        A frozen (SIGSTOPped) named serves nothing: a lost node's is no answer either.
         A named that was just sent SIGKILL still shows as running for a moment, and its
         pod still holds the Lease and logged ``named.serving`` long ago: it is no answer
         (it still counts in writers(), which must see every possible writer). Nor is a
         restarted named before it serves: the serving line must name this named's pid.
         """
         def one() -> MasterPod | None:
-            writers = self.writers()
+            writers = [(p, n) for p, n in self.writers() if not stopped(n)]
             if len(writers) != 1:
                 return None
             pod, named = writers[0]
-            if self.holder() != pod.name or _killed(named):
+            if self.holder() != pod.name or sigkill_pending(named):
                 return None
             serving = any(e.get("event") == "named.serving" and e.get("pid") == named.pid
                           for e in pod.events())
