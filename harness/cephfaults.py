@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from harness.chaosvolume import CephVolume, wait_seconds_for_mds
@@ -49,6 +50,19 @@ def _takeover(c: ChaosLab, old: MasterPod, since: float, timeout: float) -> Mast
     new = c.new_leader(old, timeout=timeout)
     c.first_ack_from(new, since, timeout=timeout)
     return new
+
+
+def _event_monotonic(pod: MasterPod, event: str, after: float) -> float:
+    """When ``pod`` logged its first ``event`` after ``after`` (monotonic), from the log
+    line's wall-clock stamp (same machine, same clock)."""
+    offset = time.time() - time.monotonic()
+    for entry in pod.events():
+        if entry.get("event") != event:
+            continue
+        stamp = datetime.fromisoformat(str(entry["ts"]).replace("Z", "+00:00")).timestamp()
+        if stamp - offset >= after - 0.01:
+            return stamp - offset
+    raise AssertionError(f"{pod.name} logged no {event}")
 
 
 def _stop(pod: MasterPod) -> None:
@@ -96,11 +110,12 @@ def node_loss(c: ChaosLab, leader: MasterPod) -> Outcome:
         out.expect(not _late_acks(c, leader, frozen_at), f"{leader.name} acknowledged "
                    "updates sent while it was frozen")
         # Its client is fenced: no session at the MDS, its address on the OSD blocklist.
-        # Only then is its named, once resumed, no writer (the sampler is told so).
+        # Then its named (in a call to its frozen client, so not "stopped") is no writer
+        # from the moment the new holder got the lock: only the eviction freed it.
         out.expect(mount.session() is None, f"{leader.name}'s client still has a session")
         blocked = address in [entry.get("addr") for entry in vol.ceph.blocklist_ls()]
         if out.expect(blocked, f"{leader.name}'s client {address} is not on the blocklist"):
-            c.sampler.fenced[leader.name] = time.monotonic()
+            c.sampler.fenced[leader.name] = _event_monotonic(new, "fence.acquired", proved)
     finally:
         signal_tree(tree, signal.SIGCONT)
         vol.freeze_client(leader, False)

@@ -11,7 +11,7 @@ import contextlib
 import itertools
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psutil
@@ -47,8 +47,9 @@ class FenceSampler:
     _thread: threading.Thread | None = None
     _latest: tuple[float, int | None, str | None] = (0.0, None, None)  # read at, epoch, owner
     # Pods whose storage client was proven fenced (evicted at the MDS and on the OSD
-    # blocklist), from when: their named can run but no write of theirs reaches the
-    # volume, so it is no writer (a lost node's, once it comes back).
+    # blocklist), from when (monotonic; may be set after the fact): their named can
+    # run but no write of theirs reaches the volume, so it is no writer (a lost node's:
+    # its named sits in a FUSE call to its frozen client, then comes back).
     fenced: dict[str, float] = field(default_factory=dict)
 
     def start(self) -> FenceSampler:
@@ -79,10 +80,8 @@ class FenceSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            now = time.monotonic()
-            writers = tuple(pod for pod in (_pod_of(p, self.master_dirs)
-                                            for p in possible_writers(self.master_dirs))
-                            if self.fenced.get(pod, now + 1) > now)
+            writers = tuple(_pod_of(p, self.master_dirs)
+                            for p in possible_writers(self.master_dirs))
             read_at, epoch, owner = self._latest
             if time.monotonic() - read_at > 4 * self.interval:  # a stale read: unknown
                 epoch, owner = None, None
@@ -90,7 +89,10 @@ class FenceSampler:
             self._stop.wait(self.interval)
 
     def since(self, start: float, end: float | None = None) -> list[WriterSample]:
-        return [s for s in list(self.samples) if s.at >= start and (end is None or s.at <= end)]
+        """The samples in the window, each without the pods fenced by then."""
+        fenced = dict(self.fenced)
+        return [replace(s, writers=tuple(w for w in s.writers if fenced.get(w, s.at + 1) > s.at))
+                for s in list(self.samples) if s.at >= start and (end is None or s.at <= end)]
 
     def dual_writer_seconds(self, start: float, end: float | None = None) -> float:
         """Time during which more than one master named ran (a sample's span each)."""

@@ -272,6 +272,9 @@ class MasterLab:
     zones: list[dict[str, Any]] = field(default_factory=default_zones)
     pods: list[MasterPod] = field(default_factory=list)
     lease_name: str = "bind-master-leader"
+    # Where a master pod's dynDir is when add_pod gets none: a mount of its own of the
+    # shared volume (``BINDHA_TEST_VOLUME=cephfs``: a ceph-fuse per pod), else lab.shared.
+    pod_volume: Callable[[str], Path] | None = None
     # More top-level config for every pod added from now on (e.g. ``fencing``).
     extra_config: dict[str, Any] = field(default_factory=dict)
     # Cluster-scoped objects a test made (Nodes, admission policies): removed at stop().
@@ -296,6 +299,8 @@ class MasterLab:
         kind = "master" if command == "run" else "secondary"
         index = len([p for p in self.pods if p.command == command])
         name = name or f"bind-{kind}-{index}"
+        if dyn_dir is None and self.pod_volume is not None and command == "run":
+            dyn_dir = self.pod_volume(name if incarnation == 1 else f"{name}.{incarnation}")
         ip = self.address_pool.take()
         work = self.root / (name if incarnation == 1 else f"{name}.{incarnation}")
         path = write_pod_config(

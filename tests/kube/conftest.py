@@ -6,10 +6,14 @@ still gets a namespace of its own, deleted afterwards).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client, config
@@ -49,14 +53,37 @@ def api_client(kubeconfig: Path) -> client.ApiClient:
 
 
 @pytest.fixture
-def lab(tmp_path, api_client, kubeconfig, namespace, address_pool, key_files):
-    """Master pods as processes on loopback addresses over one shared directory."""
+def lab(request, tmp_path, api_client, kubeconfig, namespace, address_pool, key_files):
+    """Master pods as processes on loopback addresses over one shared directory; with
+    ``BINDHA_TEST_VOLUME=cephfs`` over the Ceph lab's CephFS instead, each master pod on
+    a ceph-fuse of its own and the test's reads through one more (scripts/test-cephfs)."""
     from harness.pods import MasterLab, all_named
 
     made = MasterLab(root=tmp_path, api=api_client, kubeconfig=kubeconfig,
                      namespace=namespace, address_pool=address_pool, key_files=key_files)
-    yield made
-    made.stop()
+    mounts: list[Any] = []
+    if os.environ.get("BINDHA_TEST_VOLUME") == "cephfs":
+        ceph = request.getfixturevalue("ceph_lab")
+        mounts.append(ceph.mount(f"{namespace}-observer", made.shared))
+        for entry in made.shared.iterdir():  # the CephFS root, shared by every test
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+        def pod_volume(name: str) -> Path:
+            mounts.append(ceph.mount(f"{namespace}-{name}", tmp_path / f"{name}.dyn"))
+            return mounts[-1].mountpoint
+        made.pod_volume = pod_volume
+    try:
+        yield made
+    finally:
+        for mount in mounts:  # a frozen client must run again to stop its pod
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(mount.pid, signal.SIGCONT)
+        made.stop()
+        for mount in reversed(mounts):
+            mount.unmount()
     assert all_named(tmp_path) == [], "a named outlived the test's supervisors"
 
 
