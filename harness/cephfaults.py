@@ -115,7 +115,8 @@ def node_loss(c: ChaosLab, leader: MasterPod) -> Outcome:
         out.expect(mount.session() is None, f"{leader.name}'s client still has a session")
         blocked = address in [entry.get("addr") for entry in vol.ceph.blocklist_ls()]
         if out.expect(blocked, f"{leader.name}'s client {address} is not on the blocklist"):
-            c.sampler.fenced[leader.name] = _event_monotonic(new, "fence.acquired", proved)
+            fenced_from = _event_monotonic(new, "fence.acquired", proved)
+            c.sampler.fenced[leader.name] = (fenced_from, float("inf"))
     finally:
         signal_tree(tree, signal.SIGCONT)
         vol.freeze_client(leader, False)
@@ -128,7 +129,8 @@ def node_loss(c: ChaosLab, leader: MasterPod) -> Outcome:
     out.expect(not late, f"{leader.name} acknowledged {len(late)} updates after it came "
                f"back without its fence: {late[:3]}")
     _stop(leader)  # its client is blocklisted: the runner gives it a new mount
-    c.sampler.fenced.pop(leader.name, None)
+    if leader.name in c.sampler.fenced:  # its named is gone: a writer again when revived
+        c.sampler.fenced[leader.name] = (c.sampler.fenced[leader.name][0], time.monotonic())
     return out
 
 

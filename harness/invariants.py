@@ -47,10 +47,10 @@ class FenceSampler:
     _thread: threading.Thread | None = None
     _latest: tuple[float, int | None, str | None] = (0.0, None, None)  # read at, epoch, owner
     # Pods whose storage client was proven fenced (evicted at the MDS and on the OSD
-    # blocklist), from when (monotonic; may be set after the fact): their named can
+    # blocklist), from when until when (monotonic; set after the fact): their named can
     # run but no write of theirs reaches the volume, so it is no writer (a lost node's:
     # its named sits in a FUSE call to its frozen client, then comes back).
-    fenced: dict[str, float] = field(default_factory=dict)
+    fenced: dict[str, tuple[float, float]] = field(default_factory=dict)  # pod: (from, until)
 
     def start(self) -> FenceSampler:
         self._thread = threading.Thread(target=self._run, name="fence-sampler", daemon=True)
@@ -91,7 +91,11 @@ class FenceSampler:
     def since(self, start: float, end: float | None = None) -> list[WriterSample]:
         """The samples in the window, each without the pods fenced by then."""
         fenced = dict(self.fenced)
-        return [replace(s, writers=tuple(w for w in s.writers if fenced.get(w, s.at + 1) > s.at))
+
+        def writes(pod: str, at: float) -> bool:
+            since, until = fenced.get(pod, (at + 1, at + 1))
+            return not since <= at <= until
+        return [replace(s, writers=tuple(w for w in s.writers if writes(w, s.at)))
                 for s in list(self.samples) if s.at >= start and (end is None or s.at <= end)]
 
     def dual_writer_seconds(self, start: float, end: float | None = None) -> float:
