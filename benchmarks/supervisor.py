@@ -1,16 +1,21 @@
 """Supervisor benchmark: handover write gap, crash takeover, RSS, API writes.
 
-Runs 3 master pods as processes (real apiserver, real named, one shared directory) at
-the product's DEFAULT timings (leaseDuration 10 s, renewDeadline 6 s, retryPeriod 2 s,
-stopTimeout 3 s) unless --timing-scale says otherwise, and writes JSON to
-benchmarks/results/supervisor.json. Needs root (loopback aliases, port 53).
+Runs 3 master pods as processes (real apiserver, real named) at the product's DEFAULT
+timings (leaseDuration 10 s, renewDeadline 6 s, retryPeriod 2 s, stopTimeout 3 s), on one
+volume: ``--volume local`` (default: one shared directory under /tmp), ``tmpfs`` (that
+directory a tmpfs of its own) or ``cephfs`` (the one-host Ceph lab of harness/cephlab.py,
+each pod on a ceph-fuse of its own; the pods are made by benchmarks/cephfs.py's
+``masters()``). Writes JSON to benchmarks/results/supervisor.json (supervisor-<volume>.json
+for another volume). Needs root (loopback aliases, port 53; mounts).
 
     .venv/bin/python -m benchmarks.supervisor [--handovers 20] [--crashes 3]
+                                              [--volume local|tmpfs|cephfs] [--output PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import shutil
@@ -18,14 +23,13 @@ import signal
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import psutil
 from kubernetes import client, watch
 
 from harness.loopback import AddressPool
-from harness.pods import MasterLab, start_lab, wait_until
+from harness.pods import MasterLab, wait_until
 from harness.writer import UpdateWriter, served_names
 
 ZONE = "ha.example."
@@ -120,34 +124,41 @@ def steady_state(lab: MasterLab, api: client.ApiClient, seconds: float,
 
 
 def main() -> int:
+    # benchmarks.cephfs imports this module (its rounds): import it at run time.
+    from benchmarks.cephfs import masters
+    from harness.cephlab import CephLab
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--handovers", type=int, default=20)
     parser.add_argument("--crashes", type=int, default=3)
     parser.add_argument("--steady-seconds", type=float, default=40)
+    parser.add_argument("--volume", choices=("local", "tmpfs", "cephfs"), default="local")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="default: benchmarks/results/supervisor[-<volume>].json")
     args = parser.parse_args()
+    out = args.output or RESULTS / ("supervisor.json" if args.volume == "local"
+                                    else f"supervisor-{args.volume}.json")
     root = Path(tempfile.mkdtemp(prefix="bindha-bench-"))
-    plane, lab = start_lab(root, f"bench-{uuid.uuid4().hex[:6]}", AddressPool(first=100),
-                           DEFAULT_TIMING)
-    api = lab.api
     results: dict[str, object] = {
         "machine": {"cpus": psutil.cpu_count(), "memory_gib": round(
             psutil.virtual_memory().total / 2**30, 1), "platform": platform.platform(),
             "python": platform.python_version()},
-        "timing": DEFAULT_TIMING, "pods": 3,
+        "timing": DEFAULT_TIMING, "pods": 3, "volume": args.volume,
     }
     try:
-        lab.start(3)
-        lab.leader(timeout=60)
-        results["steady"] = steady_state(lab, api, args.steady_seconds,
-                                         DEFAULT_TIMING["retryPeriod"])
-        results["graceful"] = graceful_rounds(lab, args.handovers)
-        results["crash"] = crash_rounds(lab, args.crashes)
+        with contextlib.ExitStack() as stack:
+            ceph = (stack.enter_context(CephLab(root / "ceph")) if args.volume == "cephfs"
+                    else None)
+            lab = stack.enter_context(masters(
+                root / "lab", AddressPool(first=100), DEFAULT_TIMING, ceph, count=3,
+                tmpfs=args.volume == "tmpfs")).lab
+            results["steady"] = steady_state(lab, lab.api, args.steady_seconds,
+                                             DEFAULT_TIMING["retryPeriod"])
+            results["graceful"] = graceful_rounds(lab, args.handovers)
+            results["crash"] = crash_rounds(lab, args.crashes)
     finally:
-        lab.stop()
-        plane.stop()
         shutil.rmtree(root, ignore_errors=True)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "supervisor.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=2))
     print(f"written to {out}")

@@ -5,6 +5,8 @@ holders a test starts always ended and the mounts always gone afterwards."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -46,6 +48,7 @@ class Pods:
     b: CephMount
     name: str  # the test's directory, relative to the CephFS root
     holders: list[Holder] = field(default_factory=list)
+    children: list[int] = field(default_factory=list)  # holders' spawned children (pids)
 
     def path(self, mount: CephMount, *parts: str) -> Path:
         return mount.mountpoint.joinpath(self.name, *parts)
@@ -55,7 +58,17 @@ class Pods:
         self.holders.append(holder)
         return holder
 
+    def adopt(self, pid: int) -> None:
+        """A holder's child (``spawn``): not ours to wait for, but ours to end."""
+        self.children.append(pid)
+
     def close(self) -> None:
+        for pid in self.children:
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{pid}/comm") as comm:
+                    spawned = comm.read().strip() == "sleep"  # still that child, not a reuse
+                if spawned:
+                    os.kill(pid, signal.SIGKILL)
         for holder in self.holders:
             if holder.process.poll() is None:
                 holder.process.kill()
