@@ -251,7 +251,8 @@ class ChaosRun:
             key = leader.config.keys["update-key"]
             writer = UpdateWriter(ZONE, [p.ip for p in lab.masters], key,
                                   interval=self.write_interval).start()
-            sampler = FenceSampler([p.work_dir for p in lab.masters], lab.volume).start()
+            sampler = FenceSampler([p.work_dir for p in lab.masters], lab.volume,
+                                   owner_reads=self.volume != "cephfs").start()
             config = leader.config
             chaos = ChaosLab(lab=lab, zone=ZONE, writer=writer, sampler=sampler,
                              volume=volume, timing=self.timing,

@@ -50,6 +50,10 @@ class FenceSampler:
     # blocklist), from when until when (monotonic; set after the fact): their named can
     # run but no write of theirs reaches the volume, so it is no writer (a lost node's:
     # its named sits in a FUSE call to its frozen client, then comes back).
+    # Read the owner record too (the owner check). Off on CephFS: a client that reads it
+    # all along shares its capabilities, and so spares the pods the ~30 s that their
+    # own first read of it blocks when its last writer's client is frozen.
+    owner_reads: bool = True
     fenced: dict[str, tuple[float, float]] = field(default_factory=dict)  # pod: (from, until)
 
     def start(self) -> FenceSampler:
@@ -73,7 +77,7 @@ class FenceSampler:
             owner: str | None = None
             with contextlib.suppress(Exception):  # a full or immutable volume: unknown
                 epoch = self.volume.read_epoch()
-                record = self.volume.read_owner()
+                record = self.volume.read_owner() if self.owner_reads else None
                 owner = record.pod if record else None
             self._latest = (time.monotonic(), epoch, owner)
             self._stop.wait(self.interval)
