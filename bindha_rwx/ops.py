@@ -1,10 +1,12 @@
-"""Operator commands: status, fence status, fence break.
+"""Operator commands: status, fence status, fence evict, fence break.
 
 For an operator during an incident: every command here is safe to run when unsure.
-`status` and `fence status` only read. `fence break` changes the shared volume and the
-Lease, and only after its interlocks agree and the operator confirmed; it says what it
-found, what it refused or did, and records the action in `dyn/.bindha/fence.log` and
-as an Event.
+`status` and `fence status` only read. `fence evict` evicts the lock owner's CephFS
+client at the MDS (bindha_rwx.eviction, the steps the automatic storage fence takes);
+`fence break` changes the shared volume and the Lease. Both act only after their
+interlocks agree and the operator confirmed, check again after the answer, say what
+they found, refused or did, and record the action in `dyn/.bindha/fence.log` and as
+an Event.
 
 It works from a master pod (`kubectl exec`, the shared volume mounted) or from a
 workstation with a kubeconfig (then the volume's side is reported as not reachable,
@@ -14,8 +16,6 @@ and `fence break`, which must write there, refuses).
 from __future__ import annotations
 
 import getpass
-import json
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -26,6 +26,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from bindha_rwx.cephfence import StorageFenceError, StorageFenceSetupError
 from bindha_rwx.config import Config, holder_pod
 from bindha_rwx.election import (
     EPOCH_ANNOTATION,
@@ -37,7 +38,8 @@ from bindha_rwx.election import (
     LeaseClient,
     LeaseRecord,
 )
-from bindha_rwx.fencing import FenceError, SharedVolume
+from bindha_rwx.eviction import Eviction, EvictionFailed, Refused, Target, audit, event_message
+from bindha_rwx.fencing import FenceError, Owner, SharedVolume
 from bindha_rwx.interlocks import not_proven_gone, pod_liveness
 from bindha_rwx.journal import RUNBOOK as JOURNAL_RUNBOOK
 from bindha_rwx.journal import check_journals, zone_journals
@@ -215,16 +217,33 @@ class Ops:
         for key, name in (("holder_pod", holder), ("owner_pod", owner)):
             if name:
                 found[key] = self._pod_liveness(name)
+        if self.config.fencing.storage == "ceph" and owner:
+            found["owner_storage"] = self._storage_view()
         return found
+
+    def _storage_view(self) -> dict[str, Any]:
+        """Which MDS sessions `fence evict` would evict for the lock owner (reads only)."""
+        try:
+            owner = self.volume.read_owner()
+            if owner is None:
+                return {"note": "no owner record"}
+            target = Eviction(self.config, self.core, self.volume).plan(owner)
+        except StorageFenceError as exc:  # Refused, no answer, a bad key: all worth saying
+            return {"problem": str(exc)}
+        except (FenceError, OSError, ApiException) as exc:
+            return {"problem": f"{type(exc).__name__}: {exc}"[:300]}
+        return {"basis": target.basis, "clients": target.clients or "none: gone already",
+                "sessions": [s.describe() for s in target.sessions]}
 
     def _pod_liveness(self, name: str) -> dict[str, Any]:
         return pod_liveness(self.core, self.namespace, name)
 
-    def _break_problems(self, dead_pod: str) -> list[str]:
-        """Why breaking ``dead_pod``'s lock is not proven safe (DESIGN invariant 10);
-        empty when its Lease is not renewed and the pod is gone, or its node is NotReady
-        or tainted node.kubernetes.io/out-of-service. Asked before and after the
-        operator's confirmation."""
+    def _dead_problems(self, dead_pod: str) -> list[str]:
+        """Why defeating ``dead_pod``'s lock (fence break) or evicting its client (fence
+        evict) is not proven safe (DESIGN invariant 10); empty when its Lease is not
+        renewed and the pod is gone, or its node is NotReady or tainted
+        node.kubernetes.io/out-of-service. Asked before and after the operator's
+        confirmation."""
         problems = []
         record = self.read_lease()
         if record is not None and holder_pod(record.holder) == dead_pod \
@@ -306,6 +325,100 @@ class Ops:
             self._annotate(lambda a: a.pop(SWITCHOVER_ANNOTATION, None))
         return target
 
+    # -- fence evict -------------------------------------------------------------
+
+    def fence_evict(self, dead_pod: str, force: bool,
+                    confirm: Callable[[str], bool]) -> dict[str, Any]:
+        """Evict ``dead_pod``'s CephFS client(s) at the MDS after the interlocks; its
+        lock then frees by itself and the standby that holds the Lease takes it. The lock
+        generation is not touched. StorageFenceSetupError for wrong settings (exit 2)."""
+        settings = self.config.fencing
+        if settings.storage != "ceph":
+            raise StorageFenceSetupError(
+                f"fencing.storage is {settings.storage}: fence evict evicts a CephFS client "
+                "at the MDS with the fencer key of fencing.ceph; set fencing.storage: ceph "
+                "and fencing.ceph (conf, keyring, id, mds; docs/configuration.md)",
+                "fencing.storage")
+        if not self.volume.meta_dir.is_dir():
+            raise OpsError(f"{self.volume.meta_dir} is not here: fence evict reads the owner "
+                           "record and writes its audit on the shared volume; run it in a "
+                           "standby master pod (kubectl exec)")
+        owner = self.volume.read_owner()
+        if owner is None or owner.pod != dead_pod:
+            raise OpsError(f"the lock owner is {owner.pod if owner else 'nobody'}, not "
+                           f"{dead_pod}: nothing to evict; check `bindha-rwx fence status`")
+        eviction = Eviction(self.config, self.core, self.volume)
+        problems = self._dead_problems(dead_pod)
+        if problems and not force:
+            raise OpsError("refused: " + "; ".join(problems) + ". Nothing was evicted. If you "
+                           "are sure its node is off (docs/runbooks/stale-lock.md), add --force")
+        target = self._evict_plan(eviction, owner)
+        forced = " The interlocks are overridden (--force)." if problems else ""
+        question = (f"{dead_pod} (node {owner.node}, epoch {owner.epoch}) holds the storage "
+                    f"lock. Evicting {', '.join(target.clients)} ({target.basis}) at the MDS "
+                    "blocklists it: it can never write again, and the lock frees for the "
+                    f"standby.{forced} Evict? [yes/no] ")
+        generation_seen = self.volume.read_generation()
+        if not confirm(question):
+            raise OpsError("not confirmed: nothing was evicted")
+        # The world may have moved while the operator read the question: ask again.
+        again = self._dead_problems(dead_pod)
+        if self.volume.read_owner() != owner or self.volume.read_generation() != generation_seen:
+            raise OpsError("the lock owner or generation changed while you answered: nothing "
+                           "was evicted; check `bindha-rwx fence status` and start again")
+        if again and not force:
+            raise OpsError("refused after the confirmation: " + "; ".join(again) +
+                           ". Nothing was evicted")
+        if self._evict_plan(eviction, owner).clients != target.clients:
+            raise OpsError("the owner's MDS sessions changed while you answered: nothing was "
+                           "evicted; check `bindha-rwx fence status` and start again")
+        overridden = problems or again
+        proof = ("forced by the operator" if overridden else eviction.proof(owner)[1])
+        by = f"{getpass.getuser()}@{socket.gethostname()}"
+        try:
+            record = eviction.carry_out(owner, target, by=by, via="fence evict", proof=proof,
+                                        overridden=overridden)
+        except EvictionFailed as exc:
+            self._fence_event(dead_pod, "StorageFenceFailed", f"fence evict by {by} failed: "
+                              f"{exc}"[:1000])
+            raise OpsError(f"the eviction failed: {exc}. The lock generation is unchanged; "
+                           "try again, or see docs/runbooks/stale-lock.md") from None
+        error = self._fence_event(dead_pod, "StorageFenced", event_message(record))
+        if error:
+            record["event_error"] = error
+        lease = self.read_lease()
+        record["lease_holder"] = holder_pod(lease.holder) if lease else None
+        return record
+
+    def _evict_plan(self, eviction: Eviction, owner: Owner) -> Target:
+        """The owner's sessions to evict; OpsError (exit 1) when nothing is safe to
+        evict or Ceph does not answer; StorageFenceSetupError (exit 2) propagates."""
+        try:
+            target = eviction.plan(owner)
+        except Refused as exc:
+            raise OpsError(f"refused: {exc}. Nothing was evicted") from None
+        except StorageFenceSetupError:
+            raise
+        except StorageFenceError as exc:
+            raise OpsError(f"cannot list the MDS's sessions: {exc}. Nothing was evicted"
+                           ) from None
+        if not target.sessions:
+            raise OpsError(f"nothing to evict: {target.basis} has no MDS session any more "
+                           "(gone already), so its lock is free at the MDS. If the standby "
+                           "stays blocked, see `bindha-rwx fence status` and "
+                           "docs/runbooks/stale-lock.md (fence break)")
+        return target
+
+    def _fence_event(self, pod: str, reason: str, message: str) -> str | None:
+        """An Event about ``pod``; the error text if it could not be written (the action
+        is done and in fence.log: the Event is a record, not a condition)."""
+        try:
+            self.core.create_event(self.namespace, event_body(
+                self.namespace, pod, reason, message, "Warning", None, "bindha-rwx-fence"))
+        except Exception as exc:
+            return str(exc)[:200]
+        return None
+
     # -- fence break -------------------------------------------------------------
 
     def fence_break(self, dead_pod: str, force: bool, confirm: Callable[[str], bool],
@@ -319,7 +432,7 @@ class Ops:
         if owner is None or owner.pod != dead_pod:
             raise OpsError(f"the lock owner is {owner.pod if owner else 'nobody'}, not "
                            f"{dead_pod}: nothing to break; check `bindha-rwx fence status`")
-        problems = self._break_problems(dead_pod)
+        problems = self._dead_problems(dead_pod)
         if problems and not force:
             raise OpsError("refused: " + "; ".join(problems) + ". If you are sure its node is "
                            "off or its storage access revoked (docs/runbooks/stale-lock.md), "
@@ -331,7 +444,7 @@ class Ops:
         if not confirm(question):
             raise OpsError("not confirmed: nothing was changed")
         # The world may have moved while the operator read the question: ask again.
-        again = self._break_problems(dead_pod)
+        again = self._dead_problems(dead_pod)
         owner_now = self.volume.read_owner()
         if owner_now != owner or self.volume.read_generation() != generation_seen:
             raise OpsError("the lock owner or generation changed while you answered: nothing "
@@ -368,18 +481,12 @@ class Ops:
                   "old_owner": owner.__dict__, "generation": [old_generation, generation],
                   "epoch": epoch, "forced": bool(problems), "overridden": problems,
                   "lease_cleared": cleared, "pod_deleted": deleted}
-        with open(self.volume.meta_dir / "fence.log", "a", encoding="utf-8") as log:
-            log.write(json.dumps(action) + "\n")
-            log.flush()
-            os.fsync(log.fileno())
-        try:
-            self.core.create_event(self.namespace, event_body(
-                self.namespace, dead_pod, "FenceBroken",
-                f"storage lock of {dead_pod} broken: generation {old_generation} -> "
-                f"{generation}, epoch {epoch}, by {action['by']}", "Warning", None,
-                "bindha-rwx-fence"))
-        except Exception as exc:  # the volume change is done; the Event is a record
-            action["event_error"] = str(exc)[:200]
+        audit(self.volume.meta_dir / "fence.log", action)
+        error = self._fence_event(dead_pod, "FenceBroken", f"storage lock of {dead_pod} "
+                                  f"broken: generation {old_generation} -> {generation}, "
+                                  f"epoch {epoch}, by {action['by']}")
+        if error:
+            action["event_error"] = error
         return action
 
 
