@@ -26,6 +26,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from bindha_rwx.bounded import call_within
 from bindha_rwx.cephfence import StorageFenceError, StorageFenceSetupError
 from bindha_rwx.config import Config, holder_pod
 from bindha_rwx.election import (
@@ -47,6 +48,9 @@ from bindha_rwx.kube import CLUSTER_LABEL, COMPONENT_LABEL, CoreCalls, event_bod
 from bindha_rwx.probes import RuntimeFiles
 
 API_TIMEOUT = 5.0
+# Reads of the shared volume by status and fence status: a hung mount, or on CephFS a
+# frozen client holding a file's caps, blocks them (until its eviction).
+VOLUME_TIMEOUT = 3.0
 STATUS_EXPLAINS = 50  # damaged journals explained by named-journalprint, one process each
 
 
@@ -123,13 +127,25 @@ class Ops:
             return {"reachable": False,
                     "note": f"{self.volume.meta_dir} is not here: run this in a master pod "
                             "(kubectl exec) to see the lock owner and epoch"}
-        try:
-            owner = self.volume.read_owner()
-            return {"reachable": True, "epoch": self.volume.read_epoch(),
-                    "generation": self.volume.read_generation(),
-                    "owner": owner.__dict__ if owner else None}
-        except FenceError as exc:
-            return {"reachable": True, "error": str(exc)}
+        view: dict[str, Any] = {"reachable": True}
+        for key, read in (("owner", self.volume.read_owner),
+                          ("epoch", self.volume.read_epoch),
+                          ("generation", self.volume.read_generation)):
+            try:
+                value = call_within(read, VOLUME_TIMEOUT, f"reading the {key}")
+            except TimeoutError:
+                view[key] = None
+                view.setdefault("unreadable", []).append(
+                    f"{key}: no answer within {VOLUME_TIMEOUT:g}s (on CephFS a frozen client "
+                    "that holds the file's caps blocks every other reader until it is "
+                    "evicted: `bindha-rwx fence evict`)")
+                continue
+            except (FenceError, OSError) as exc:
+                view[key] = None
+                view.setdefault("error", str(exc))
+                continue
+            view[key] = value.__dict__ if key == "owner" and value else value
+        return view
 
     def pods(self, component: str) -> list[dict[str, Any]]:
         selector = f"{CLUSTER_LABEL}={self.config.cluster},{COMPONENT_LABEL}={component}"
@@ -174,7 +190,12 @@ class Ops:
         found = {"lease": lease, "volume": self.volume_view(), "masters": masters,
                  "secondaries": secondaries, "zones": zones}
         if found["volume"].get("reachable"):
-            found["journals"] = self.journals_view()
+            try:
+                found["journals"] = call_within(self.journals_view, VOLUME_TIMEOUT,
+                                                "reading the journals")
+            except TimeoutError:
+                found["journals"] = {"unreadable": f"no answer within {VOLUME_TIMEOUT:g}s "
+                                     "(a hung volume, or a frozen client's caps on CephFS)"}
         local = self.this_pod()
         if local is not None:
             found["this_pod"] = local
@@ -218,15 +239,12 @@ class Ops:
             if name:
                 found[key] = self._pod_liveness(name)
         if self.config.fencing.storage == "ceph" and owner:
-            found["owner_storage"] = self._storage_view()
+            found["owner_storage"] = self._storage_view(Owner(**volume["owner"]))
         return found
 
-    def _storage_view(self) -> dict[str, Any]:
+    def _storage_view(self, owner: Owner) -> dict[str, Any]:
         """Which MDS sessions `fence evict` would evict for the lock owner (reads only)."""
         try:
-            owner = self.volume.read_owner()
-            if owner is None:
-                return {"note": "no owner record"}
             target = Eviction(self.config, self.core, self.volume).plan(owner)
         except StorageFenceError as exc:  # Refused, no answer, a bad key: all worth saying
             return {"problem": str(exc)}
@@ -343,7 +361,7 @@ class Ops:
             raise OpsError(f"{self.volume.meta_dir} is not here: fence evict reads the owner "
                            "record and writes its audit on the shared volume; run it in a "
                            "standby master pod (kubectl exec)")
-        owner = self.volume.read_owner()
+        owner = self._read(self.volume.read_owner, "the owner record")
         if owner is None or owner.pod != dead_pod:
             raise OpsError(f"the lock owner is {owner.pod if owner else 'nobody'}, not "
                            f"{dead_pod}: nothing to evict; check `bindha-rwx fence status`")
@@ -358,12 +376,13 @@ class Ops:
                     f"lock. Evicting {', '.join(target.clients)} ({target.basis}) at the MDS "
                     "blocklists it: it can never write again, and the lock frees for the "
                     f"standby.{forced} Evict? [yes/no] ")
-        generation_seen = self.volume.read_generation()
+        generation_seen = self._read(self.volume.read_generation, "the lock generation")
         if not confirm(question):
             raise OpsError("not confirmed: nothing was evicted")
         # The world may have moved while the operator read the question: ask again.
         again = self._dead_problems(dead_pod)
-        if self.volume.read_owner() != owner or self.volume.read_generation() != generation_seen:
+        if self._read(self.volume.read_owner, "the owner record") != owner or \
+                self._read(self.volume.read_generation, "the lock generation") != generation_seen:
             raise OpsError("the lock owner or generation changed while you answered: nothing "
                            "was evicted; check `bindha-rwx fence status` and start again")
         if again and not force:
@@ -389,6 +408,16 @@ class Ops:
         lease = self.read_lease()
         record["lease_holder"] = holder_pod(lease.holder) if lease else None
         return record
+
+    def _read(self, read: Callable[[], Any], what: str) -> Any:
+        """A read of the shared volume with a deadline (VOLUME_TIMEOUT)."""
+        try:
+            return call_within(read, VOLUME_TIMEOUT, f"reading {what}")
+        except TimeoutError:
+            raise OpsError(f"{what} on the shared volume gave no answer within "
+                           f"{VOLUME_TIMEOUT:g}s (a hung mount, or on CephFS a frozen client "
+                           "holding its caps until the MDS ends its session): nothing was "
+                           "changed; try again, or see docs/runbooks/stale-lock.md") from None
 
     def _evict_plan(self, eviction: Eviction, owner: Owner) -> Target:
         """The owner's sessions to evict; OpsError (exit 1) when nothing is safe to
