@@ -49,6 +49,7 @@ from kubernetes import client
 
 from bindha_rwx.autofence import AutoFence
 from bindha_rwx.bindtools import BindToolError, check_conf, ensure_key_file
+from bindha_rwx.bounded import call_within
 from bindha_rwx.config import Config
 from bindha_rwx.discovery import EndpointsWatcher
 from bindha_rwx.election import (
@@ -414,9 +415,13 @@ class Master:
             self._begin_serving()
 
     def _owner_text(self) -> str:
+        """Who holds the lock, for the blocked-on-fence report. Read with a deadline: on
+        CephFS a reader of a file whose caps a frozen client holds waits until that
+        client is evicted (seen with the epoch file), and this is the controller."""
         try:
-            owner = self.volume.read_owner()
-        except FenceError as exc:
+            owner = call_within(self.volume.read_owner, self.config.timing.retry_period,
+                                "reading the owner record")
+        except (FenceError, OSError, TimeoutError) as exc:
             return str(exc)
         return f"{owner.pod} on {owner.node} (pid {owner.pid}, epoch {owner.epoch})" \
             if owner else "an unknown process"
