@@ -88,6 +88,11 @@ class AutoFence:
                                      daemon=True)
         self._job.start()
 
+    def new_episode(self) -> None:
+        """Blocked again: say the fence's news afresh (the same words included)."""
+        self._said = None
+        self.last = None
+
     def settle(self, timeout: float) -> None:
         """The lock was just taken: let an eviction job that freed it say its last word."""
         if self._job is not None:

@@ -353,6 +353,8 @@ class Master:
             return
         self._blocked_since = time.monotonic()
         self.state = State.BLOCKED
+        if self.autofence is not None:
+            self.autofence.new_episode()
         lock = self.fence.lock
         owner = self._owner_text()
         log.warning("fence.blocked", lock=str(lock.path) if lock else None, owner=owner)

@@ -25,6 +25,7 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from bindha_rwx.bounded import call_within
 from bindha_rwx.cephfence import StorageFenceError, StorageFenceSetupError
@@ -431,6 +432,9 @@ class Ops:
         except StorageFenceError as exc:
             raise OpsError(f"cannot list the MDS's sessions: {exc}. Nothing was evicted"
                            ) from None
+        except (ApiException, HTTPError, OSError) as exc:  # the pods on the owner's node
+            raise OpsError(f"cannot read the pods and nodes from the API: {exc}. Nothing "
+                           "was evicted") from None
         if not target.sessions:
             raise OpsError(f"nothing to evict: {target.basis} has no MDS session any more "
                            "(gone already), so its lock is free at the MDS. If the standby "

@@ -299,6 +299,8 @@ def test_the_automatic_fence_finds_the_holders_node_client_and_spares_a_live_nei
                "the standby evicts node a's clients and leads")
     took = time.monotonic() - gone_at
     assert lab.holder() == second.name  # the frozen named is still a process
+    # The lock frees at the eviction; the job's audit line may follow named's start.
+    wait_until(lambda: second.has_event("fence.storage_evicted"), 15, "the eviction's report")
     sessions = csi.session_ids()
     assert clients[first.name] not in sessions and clients[third.name] not in sessions
     assert {clients[second.name], other.client_id()} <= sessions
