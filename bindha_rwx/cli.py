@@ -103,16 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=_status)
 
     fence = commands.add_parser(
-        "fence", help="the storage lock when automation may not decide: status, break",
-        description="`fence status` reads; `fence break --confirm-dead POD` moves to a new "
-                    "lock generation after its interlocks (see docs/runbooks/stale-lock.md).")
-    fence.add_argument("action", choices=("status", "break"))
+        "fence", help="the storage lock when automation may not decide: status, evict, break",
+        description="`fence status` reads; `fence evict --confirm-dead POD` evicts that pod's "
+                    "CephFS client at the MDS (fencing.storage: ceph), so its lock frees and "
+                    "the blocked standby takes over; `fence break --confirm-dead POD` moves to "
+                    "a new lock generation. Both after their interlocks (see "
+                    "docs/runbooks/stale-lock.md).")
+    fence.add_argument("action", choices=("status", "evict", "break"))
     _add_config(fence)
     fence.add_argument("--confirm-dead", metavar="POD",
-                       help="(break) the pod that holds the lock and can no longer write")
+                       help="(evict, break) the pod that holds the lock and can no longer "
+                            "write")
     fence.add_argument("--force", action="store_true",
-                       help="(break) override the interlocks (the pod looks alive)")
-    fence.add_argument("--yes", action="store_true", help="(break) do not ask")
+                       help="(evict, break) override the interlocks (the pod looks alive); "
+                            "the reasons are recorded")
+    fence.add_argument("--yes", action="store_true", help="(evict, break) do not ask")
     fence.add_argument("--delete-pod", action="store_true",
                        help="(break) also delete the dead pod with grace 0")
     fence.add_argument("--json", action="store_true", help="machine-readable output")
@@ -234,10 +239,14 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _fence(args: argparse.Namespace) -> int:
+    from bindha_rwx.cephfence import StorageFenceSetupError
     from bindha_rwx.ops import OpsError
 
-    if args.action == "break" and not args.confirm_dead:
-        raise UsageError("fence break needs --confirm-dead POD: the pod whose lock to break")
+    if args.action != "status" and not args.confirm_dead:
+        raise UsageError(f"fence {args.action} needs --confirm-dead POD: the pod that holds "
+                         "the lock and can no longer write")
+    if args.delete_pod and args.action != "break":
+        raise UsageError("--delete-pod goes with fence break only")
     ops = _ops(args)
     try:
         if args.action == "status":
@@ -251,8 +260,16 @@ def _fence(args: argparse.Namespace) -> int:
                 raise OpsError("no terminal to ask on: add --yes once you are sure")
             return input(question).strip().lower() == "yes"
 
+        if args.action == "evict":
+            evicted = ops.fence_evict(args.confirm_dead, args.force,  # type: ignore[attr-defined]
+                                      confirm)
+            _say_evicted(evicted, ops.config)  # type: ignore[attr-defined]
+            return EXIT_OK
         done = ops.fence_break(args.confirm_dead, args.force, confirm,  # type: ignore[attr-defined]
                                args.delete_pod)
+    except StorageFenceSetupError as exc:
+        print(f"bindha-rwx fence {args.action}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except OpsError as exc:
         print(f"bindha-rwx fence {args.action}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -260,6 +277,25 @@ def _fence(args: argparse.Namespace) -> int:
           f"epoch {done['epoch']}; Lease cleared: {done['lease_cleared']}; pod deleted: "
           f"{done['pod_deleted']}; recorded in .bindha/fence.log")
     return EXIT_OK
+
+
+def _say_evicted(record: dict[str, object], config: Config) -> None:
+    """What `fence evict` did, and what to watch: it changes no lock generation."""
+    holder = record.get("lease_holder")
+    clients = ", ".join(record["clients"])  # type: ignore[arg-type]
+    forced = " (forced over the interlocks)" if record.get("forced") else ""
+    print(f"evicted {clients} of {record['pod']} at the MDS{forced}: blocklisted, it can never "
+          f"write again ({record['basis']}); recorded in .bindha/fence.log, Event "
+          "StorageFenced")
+    who = (f"{holder}, which holds the Lease," if holder and holder != record["pod"]
+           else "the next pod to hold the Lease")
+    print(f"the lock frees by itself (no lock generation change): {who} takes it within "
+          f"retryPeriod ({config.timing.retry_period:g}s) and logs fence.acquired, then "
+          "named.serving")
+    print(f"watch: `bindha-rwx fence status` (lock_owner becomes {holder or 'the new leader'}), "
+          f"`bindha-rwx status`; if it stays blocked, see docs/runbooks/stale-lock.md")
+    if record.get("event_error"):
+        print(f"note: the Event could not be written: {record['event_error']}")
 
 
 def _switchover(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import binascii
 import difflib
 import ipaddress
 import os
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -169,6 +170,10 @@ class StorageFencing:
     (CephFS: session_autoclose, 300 s by default); ``ceph`` evicts and blocklists the old
     holder's CephFS client at the MDS once the interlocks prove that pod gone
     (docs/supervisor.md). The key needs mds 'allow *' and mon 'allow r' (docs/cephfs.md).
+    ``ceph_root`` is the volume's path inside the file system as the MDS reports it
+    (a session's ``root``): how the holder's client is found when the holder could not
+    record its client id (ceph-csi). ``auto: false`` leaves every eviction to an
+    operator (`fence evict`).
     """
 
     storage: str = "none"  # none | ceph
@@ -177,6 +182,8 @@ class StorageFencing:
     ceph_id: str = "bindha-fencer"
     ceph_mds: str = "cephfs:0"  # the `ceph tell mds.<this>` target: <fs name>:<rank>
     timeout: float = 10.0
+    ceph_root: str | None = None  # e.g. /volumes/csi/csi-vol-<uuid>/<uuid>
+    auto: bool = True
 
 
 @dataclass(frozen=True)
@@ -278,6 +285,67 @@ def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = 
         raise ConfigError(reader.problems, source)
     assert config is not None
     return config
+
+
+def normalize_ceph_root(path: str) -> str:
+    """"/volumes/csi/x/" and "//volumes/csi/x" are the MDS's "/volumes/csi/x"."""
+    return posixpath.normpath("/" + path.strip().lstrip("/"))
+
+
+_KEYRING_SECTION = re.compile(r"^\s*\[([^\]]+)\]\s*$")
+_KEYRING_KEY = re.compile(r"^\s*key\s*=\s*\S+")
+
+
+def _read_small(path: Path) -> tuple[str | None, str | None]:
+    """(text, None), or (None, why it cannot be read)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as readable:
+            return readable.read(1 << 20), None
+    except OSError as exc:
+        return None, exc.strerror or str(exc)
+
+
+def ceph_conf_problem(path: Path) -> str | None:
+    """Why the fencer's ceph.conf is of no use, or None (local checks only)."""
+    text, why = _read_small(path)
+    if text is None:
+        return f"{path} cannot be read ({why}): mount the cluster's ceph.conf there"
+    keys = {line.split("=", 1)[0].strip().lower().replace(" ", "_").replace("-", "_")
+            for line in text.splitlines() if "=" in line and not line.lstrip().startswith(
+                ("#", ";"))}
+    if not keys & {"mon_host", "mon_dns_srv_name", "mon_addr"}:
+        return (f"{path} names no monitor (no mon_host): the ceph CLI could not find the "
+                "cluster; mount the cluster's ceph.conf (the one with mon_host) there")
+    return None
+
+
+def keyring_problem(path: Path, ceph_id: str) -> str | None:
+    """Why the keyring holds no key for ``client.<ceph_id>``, or None. Its capabilities
+    are the cluster's to judge: the supervisor's start check and `fence evict` ask it."""
+    fix = "caps mds 'allow *', mon 'allow r'"
+    text, why = _read_small(path)
+    if text is None:
+        return (f"{path} cannot be read ({why}): mount the fencer key's keyring there (a "
+                f"Secret; {fix})")
+    sections: dict[str, bool] = {}
+    current = None
+    for line in text.splitlines():
+        header = _KEYRING_SECTION.match(line)
+        if header:
+            current = header.group(1).strip()
+            sections.setdefault(current, False)
+        elif current is not None and _KEYRING_KEY.match(line):
+            sections[current] = True
+    entity = f"client.{ceph_id}"
+    if sections.get(entity):
+        return None
+    found = ", ".join(sorted(sections)) or "none"
+    if entity in sections:
+        return f"{path} has a [{entity}] section without a key line: export it again " \
+               f"with `ceph auth get {entity}`"
+    return (f"{path} holds no key for {entity} (keys in it: {found}): set fencing.ceph.id "
+            f"to the key's name without 'client.', or mount `ceph auth get {entity}` "
+            f"there ({fix})")
 
 
 def parse_duration(value: Any) -> float:
@@ -589,25 +657,32 @@ class _Reader:
                          "none (wait for the storage) or ceph (evict at the MDS)")
             storage = d.storage
         ceph = self.mapping(data.get("ceph"), "fencing.ceph",
-                            ("conf", "keyring", "id", "mds", "timeout"))
+                            ("conf", "keyring", "id", "mds", "timeout", "root", "auto"))
+        root = self.string(ceph, "root", "fencing.ceph", None)
+        if root is not None and not root.startswith("/"):
+            self.problem("fencing.ceph.root", f"{root!r} is not valid: use the volume's "
+                         "absolute path in the file system, as `ceph tell mds.<fs>:0 session "
+                         "ls` shows it in a session's root (e.g. /volumes/csi/csi-vol-<id>/<id>)")
+            root = None
+        auto = ceph.get("auto", d.auto)
+        if not isinstance(auto, bool):
+            self.problem("fencing.ceph.auto", f"{_show(auto)} is not valid: use true (a "
+                         "blocked standby evicts by itself) or false (only `fence evict`)")
+            auto = d.auto
         fence = StorageFencing(
             storage=storage,
             ceph_conf=self.path(ceph, "conf", "fencing.ceph", d.ceph_conf),
             ceph_keyring=self.path(ceph, "keyring", "fencing.ceph", d.ceph_keyring),
             ceph_id=self.string(ceph, "id", "fencing.ceph", d.ceph_id) or d.ceph_id,
             ceph_mds=self.string(ceph, "mds", "fencing.ceph", d.ceph_mds) or d.ceph_mds,
-            timeout=self.duration(ceph, "timeout", "fencing.ceph", d.timeout))
+            timeout=self.duration(ceph, "timeout", "fencing.ceph", d.timeout),
+            ceph_root=normalize_ceph_root(root) if root else None, auto=auto)
         if storage == "ceph":
-            for key, path, fix in (
-                    ("conf", fence.ceph_conf, "mount the cluster's ceph.conf there"),
-                    ("keyring", fence.ceph_keyring, "mount the fencer key's keyring there "
-                     "(a Secret; caps mds 'allow *', mon 'allow r')")):
-                try:
-                    with open(path, encoding="utf-8") as readable:
-                        readable.read(1)
-                except OSError as exc:
-                    self.problem(f"fencing.ceph.{key}", f"{path} cannot be read "
-                                 f"({exc.strerror}): {fix}")
+            for key, problem in (("conf", ceph_conf_problem(fence.ceph_conf)),
+                                 ("keyring", keyring_problem(fence.ceph_keyring,
+                                                             fence.ceph_id))):
+                if problem:
+                    self.problem(f"fencing.ceph.{key}", problem)
         return fence
 
     def secondaries(self, value: Any, keys: dict[str, TsigKey]) -> Secondaries:

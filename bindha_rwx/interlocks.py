@@ -24,23 +24,34 @@ def _ready(obj: dict[str, Any]) -> bool:
     return False
 
 
+def node_state(core: CoreCalls, name: str) -> tuple[bool | None, bool]:
+    """(Ready, tainted out-of-service) of a node; Ready is None when it cannot be read."""
+    node = core.get_node(name)
+    if node is None:
+        return None, False
+    return _ready(node), any(t.get("key") == OUT_OF_SERVICE_TAINT
+                             for t in (node.get("spec") or {}).get("taints") or [])
+
+
 def pod_liveness(core: CoreCalls, namespace: str, name: str) -> dict[str, Any]:
     """What the API says of the pod and its node (for people and for the proof)."""
     pod = core.get_pod(namespace, name)
     if pod is None:
         return {"exists": False}
     node_name = (pod.get("spec") or {}).get("nodeName")
-    node_ready = None
-    out_of_service = False
-    if node_name:
-        node = core.get_node(node_name)
-        if node is not None:
-            node_ready = _ready(node)
-            out_of_service = any(t.get("key") == OUT_OF_SERVICE_TAINT
-                                 for t in (node.get("spec") or {}).get("taints") or [])
+    node_ready, out_of_service = node_state(core, node_name) if node_name else (None, False)
     return {"exists": True, "phase": (pod.get("status") or {}).get("phase"),
             "ready": _ready(pod), "node": node_name, "node_ready": node_ready,
             "node_out_of_service": out_of_service}
+
+
+def proof_text(liveness: dict[str, Any]) -> str:
+    """The proof that ``not_proven_gone`` accepted, in words (for the audit)."""
+    if not liveness.get("exists"):
+        return "its pod is gone"
+    node = liveness.get("node")
+    return (f"its node {node} is tainted {OUT_OF_SERVICE_TAINT}"
+            if liveness.get("node_out_of_service") else f"its node {node} is NotReady")
 
 
 def not_proven_gone(liveness: dict[str, Any], pod: str) -> str | None:

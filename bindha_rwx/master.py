@@ -39,19 +39,17 @@ the owner record, and only then starts named. named runs only while all three ho
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import threading
 import time
-from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 from kubernetes import client
 
+from bindha_rwx.autofence import AutoFence
 from bindha_rwx.bindtools import BindToolError, check_conf, ensure_key_file
-from bindha_rwx.cephfence import CephFence
+from bindha_rwx.bounded import call_within
 from bindha_rwx.config import Config
 from bindha_rwx.discovery import EndpointsWatcher
 from bindha_rwx.election import (
@@ -62,9 +60,8 @@ from bindha_rwx.election import (
     LeaseWatcher,
 )
 from bindha_rwx.fenceholder import FenceHolder, backoff
-from bindha_rwx.fencing import FenceError, Owner, SharedVolume
+from bindha_rwx.fencing import FenceError, SharedVolume
 from bindha_rwx.files import atomic_write
-from bindha_rwx.interlocks import not_proven_gone, pod_liveness
 from bindha_rwx.journal import RUNBOOK as JOURNAL_RUNBOOK
 from bindha_rwx.journal import (
     check_journals,
@@ -145,12 +142,9 @@ class Master:
                                  node=config.pod.node or "", pod_ip=config.pod.ip or "")
         self._fence_failures = 0
         self._next_role_check = 0.0
-        self.storage_fence = (CephFence(config.fencing) if config.fencing.storage == "ceph"
-                              else None)
-        self._fence_job: threading.Thread | None = None
-        self._fence_result: tuple[str, Any] | None = None
-        self._fence_said: tuple[str, Any] | None = None
-        self._next_fence_try = 0.0
+        self.autofence = (AutoFence(config, self.volume, self.publisher,
+                                    self.elector.identity)
+                          if config.fencing.storage == "ceph" else None)
         self._next_prepare = 0.0
         self._prepare_job: threading.Thread | None = None
         self._next_epoch_check = 0.0
@@ -266,6 +260,8 @@ class Master:
             if self.shutdown.is_set():
                 break
             try:
+                if self.autofence is not None:
+                    self.autofence.tick()
                 self._step()
                 self._reconcile_role()
             except (FenceError, OSError, BindToolError, NamedError) as exc:
@@ -322,11 +318,11 @@ class Master:
             epoch = self.fence.take()
             if epoch is None:
                 self._note_blocked()
-                self._storage_fence_step()
+                if self.autofence is not None:
+                    self.autofence.step()
                 return
-            if self._fence_job is not None:  # an eviction that just freed the lock:
-                self._fence_job.join(self.config.timing.retry_period)  # its last words
-            self._report_storage_fence()
+            if self.autofence is not None:  # an eviction that just freed the lock:
+                self.autofence.settle(self.config.timing.retry_period)  # its last words
             self.elector.set_annotation(EPOCH_ANNOTATION, str(epoch))
             blocked_for = (time.monotonic() - self._blocked_since) if self._blocked_since \
                 else 0.0
@@ -357,77 +353,14 @@ class Master:
             return
         self._blocked_since = time.monotonic()
         self.state = State.BLOCKED
+        if self.autofence is not None:
+            self.autofence.new_episode()
         lock = self.fence.lock
         owner = self._owner_text()
         log.warning("fence.blocked", lock=str(lock.path) if lock else None, owner=owner)
         self.publisher.event("BlockedOnFence", f"holds the Lease but the storage lock "
                              f"{lock.path.name if lock else ''} is held by {owner}; see "
                              "docs/runbooks/stale-lock.md", "Warning")
-
-    def _storage_fence_step(self) -> None:
-        """blocked-on-fence, with ``fencing.storage: ceph``: once the lock's owner is
-        proven gone (bindha_rwx.interlocks), evict its storage client at the MDS so that
-        its lock frees and it can never write again. The API and Ceph calls run on a job
-        thread of their own (each with a timeout); the controller only reads the result.
-        A failed or refused eviction leaves this pod blocked, never writing."""
-        if self.storage_fence is None:
-            return
-        self._report_storage_fence()
-        job = self._fence_job
-        now = time.monotonic()
-        if (job is not None and job.is_alive()) or now < self._next_fence_try:
-            return
-        self._next_fence_try = now + self.config.timing.retry_period
-        owner = self.volume.read_owner()
-        ours = self.volume.storage_client()
-        if owner is None or not owner.storage_client or owner.storage_client == ours:
-            self._fence_result = ("waiting", "the owner record names no other storage "
-                                  "client to evict: see docs/runbooks/stale-lock.md")
-            return
-        self._fence_job = threading.Thread(target=self._storage_fence_job, args=(owner,),
-                                           name="storage-fence", daemon=True)
-        self._fence_job.start()
-
-    def _report_storage_fence(self) -> None:
-        """Say the storage fence job's news once (log, Event); from the controller."""
-        result, self._fence_result = self._fence_result, None
-        if result is not None and result != self._fence_said:
-            self._fence_said = result
-            outcome, why = result
-            if outcome == "evicted":
-                log.warning("fence.storage_evicted", **why)
-                self.publisher.event("StorageFenced", f"evicted {why['client']} of "
-                                     f"{why['pod']} at the MDS ({why['outcome']}): "
-                                     f"{why['proof']}"[:1000], "Warning")
-            else:
-                (log.error if outcome == "failed" else log.info)(
-                    f"fence.storage_{outcome}", why=why)
-                if outcome == "failed":
-                    self.publisher.event("StorageFenceFailed", str(why)[:1000], "Warning")
-
-    def _storage_fence_job(self, owner: Owner) -> None:
-        """The job thread: prove the owner gone, then evict; the outcome for the
-        controller. Never raises (its death would only leave the pod blocked)."""
-        assert self.storage_fence is not None and self.config.namespace
-        try:
-            liveness = pod_liveness(self.publisher.core, self.config.namespace, owner.pod)
-            problem = not_proven_gone(liveness, owner.pod)
-            if problem is not None:
-                self._fence_result = ("waiting", problem)
-                return
-            proof = ("its pod is gone" if not liveness.get("exists") else
-                     f"its node {liveness.get('node')} is "
-                     f"{'out of service' if liveness.get('node_out_of_service') else 'NotReady'}")
-            outcome = self.storage_fence.evict(owner.storage_client or "")
-            record = {"time": datetime.now(UTC).isoformat(timespec="seconds"),
-                      "by": self.elector.identity, "action": "storage-evict",
-                      "pod": owner.pod, "client": owner.storage_client, "outcome": outcome,
-                      "proof": proof, "epoch": owner.epoch}
-            with open(self.volume.meta_dir / "fence.log", "a", encoding="utf-8") as audit:
-                audit.write(json.dumps(record) + "\n")
-            self._fence_result = ("evicted", record)
-        except Exception as exc:  # StorageFenceError, API or volume errors: stay blocked
-            self._fence_result = ("failed", f"{type(exc).__name__}: {exc}"[:500])
 
     def _begin_serving(self) -> None:
         """Fence held and journals sound: named.conf, named, the leader's label."""
@@ -484,9 +417,13 @@ class Master:
             self._begin_serving()
 
     def _owner_text(self) -> str:
+        """Who holds the lock, for the blocked-on-fence report. Read with a deadline: on
+        CephFS a reader of a file whose caps a frozen client holds waits until that
+        client is evicted (seen with the epoch file), and this is the controller."""
         try:
-            owner = self.volume.read_owner()
-        except FenceError as exc:
+            owner = call_within(self.volume.read_owner, self.config.timing.retry_period,
+                                "reading the owner record")
+        except (FenceError, OSError, TimeoutError) as exc:
             return str(exc)
         return f"{owner.pod} on {owner.node} (pid {owner.pid}, epoch {owner.epoch})" \
             if owner else "an unknown process"
@@ -735,7 +672,16 @@ class Master:
             blocked_for=now - self._blocked_since if self._blocked_since else 0.0,
             notify_targets=len(self._rendered_targets or ()),
             watch_connected=self.watcher.connected, damaged=self.journals.damaged,
-            health=self.volume_probe.health())
+            health=self.volume_probe.health(), fence=self._fence_detail())
+
+    def _fence_detail(self) -> str | None:
+        """The storage fence's word for the state detail: while blocked, its last outcome;
+        otherwise why it could not act, if it could not."""
+        if self.autofence is None:
+            return None
+        if self.state is State.BLOCKED and self.autofence.last:
+            return self.autofence.last
+        return self.autofence.problem()
 
 
 def budget_seconds(config: Config) -> float:

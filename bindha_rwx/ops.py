@@ -1,10 +1,12 @@
-"""Operator commands: status, fence status, fence break.
+"""Operator commands: status, fence status, fence evict, fence break.
 
 For an operator during an incident: every command here is safe to run when unsure.
-`status` and `fence status` only read. `fence break` changes the shared volume and the
-Lease, and only after its interlocks agree and the operator confirmed; it says what it
-found, what it refused or did, and records the action in `dyn/.bindha/fence.log` and
-as an Event.
+`status` and `fence status` only read. `fence evict` evicts the lock owner's CephFS
+client at the MDS (bindha_rwx.eviction, the steps the automatic storage fence takes);
+`fence break` changes the shared volume and the Lease. Both act only after their
+interlocks agree and the operator confirmed, check again after the answer, say what
+they found, refused or did, and record the action in `dyn/.bindha/fence.log` and as
+an Event.
 
 It works from a master pod (`kubectl exec`, the shared volume mounted) or from a
 workstation with a kubeconfig (then the volume's side is reported as not reachable,
@@ -14,8 +16,6 @@ and `fence break`, which must write there, refuses).
 from __future__ import annotations
 
 import getpass
-import json
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -25,7 +25,10 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
+from bindha_rwx.bounded import call_within
+from bindha_rwx.cephfence import StorageFenceError, StorageFenceSetupError
 from bindha_rwx.config import Config, holder_pod
 from bindha_rwx.election import (
     EPOCH_ANNOTATION,
@@ -37,7 +40,8 @@ from bindha_rwx.election import (
     LeaseClient,
     LeaseRecord,
 )
-from bindha_rwx.fencing import FenceError, SharedVolume
+from bindha_rwx.eviction import Eviction, EvictionFailed, Refused, Target, audit, event_message
+from bindha_rwx.fencing import FenceError, Owner, SharedVolume
 from bindha_rwx.interlocks import not_proven_gone, pod_liveness
 from bindha_rwx.journal import RUNBOOK as JOURNAL_RUNBOOK
 from bindha_rwx.journal import check_journals, zone_journals
@@ -45,6 +49,9 @@ from bindha_rwx.kube import CLUSTER_LABEL, COMPONENT_LABEL, CoreCalls, event_bod
 from bindha_rwx.probes import RuntimeFiles
 
 API_TIMEOUT = 5.0
+# Reads of the shared volume by status and fence status: a hung mount, or on CephFS a
+# frozen client holding a file's caps, blocks them (until its eviction).
+VOLUME_TIMEOUT = 3.0
 STATUS_EXPLAINS = 50  # damaged journals explained by named-journalprint, one process each
 
 
@@ -121,13 +128,25 @@ class Ops:
             return {"reachable": False,
                     "note": f"{self.volume.meta_dir} is not here: run this in a master pod "
                             "(kubectl exec) to see the lock owner and epoch"}
-        try:
-            owner = self.volume.read_owner()
-            return {"reachable": True, "epoch": self.volume.read_epoch(),
-                    "generation": self.volume.read_generation(),
-                    "owner": owner.__dict__ if owner else None}
-        except FenceError as exc:
-            return {"reachable": True, "error": str(exc)}
+        view: dict[str, Any] = {"reachable": True}
+        for key, read in (("owner", self.volume.read_owner),
+                          ("epoch", self.volume.read_epoch),
+                          ("generation", self.volume.read_generation)):
+            try:
+                value = call_within(read, VOLUME_TIMEOUT, f"reading the {key}")
+            except TimeoutError:
+                view[key] = None
+                view.setdefault("unreadable", []).append(
+                    f"{key}: no answer within {VOLUME_TIMEOUT:g}s (on CephFS a frozen client "
+                    "that holds the file's caps blocks every other reader until it is "
+                    "evicted: `bindha-rwx fence evict`)")
+                continue
+            except (FenceError, OSError) as exc:
+                view[key] = None
+                view.setdefault("error", str(exc))
+                continue
+            view[key] = value.__dict__ if key == "owner" and value else value
+        return view
 
     def pods(self, component: str) -> list[dict[str, Any]]:
         selector = f"{CLUSTER_LABEL}={self.config.cluster},{COMPONENT_LABEL}={component}"
@@ -172,7 +191,12 @@ class Ops:
         found = {"lease": lease, "volume": self.volume_view(), "masters": masters,
                  "secondaries": secondaries, "zones": zones}
         if found["volume"].get("reachable"):
-            found["journals"] = self.journals_view()
+            try:
+                found["journals"] = call_within(self.journals_view, VOLUME_TIMEOUT,
+                                                "reading the journals")
+            except TimeoutError:
+                found["journals"] = {"unreadable": f"no answer within {VOLUME_TIMEOUT:g}s "
+                                     "(a hung volume, or a frozen client's caps on CephFS)"}
         local = self.this_pod()
         if local is not None:
             found["this_pod"] = local
@@ -215,16 +239,30 @@ class Ops:
         for key, name in (("holder_pod", holder), ("owner_pod", owner)):
             if name:
                 found[key] = self._pod_liveness(name)
+        if self.config.fencing.storage == "ceph" and owner:
+            found["owner_storage"] = self._storage_view(Owner(**volume["owner"]))
         return found
+
+    def _storage_view(self, owner: Owner) -> dict[str, Any]:
+        """Which MDS sessions `fence evict` would evict for the lock owner (reads only)."""
+        try:
+            target = Eviction(self.config, self.core, self.volume).plan(owner)
+        except StorageFenceError as exc:  # Refused, no answer, a bad key: all worth saying
+            return {"problem": str(exc)}
+        except (FenceError, OSError, ApiException) as exc:
+            return {"problem": f"{type(exc).__name__}: {exc}"[:300]}
+        return {"basis": target.basis, "clients": target.clients or "none: gone already",
+                "sessions": [s.describe() for s in target.sessions]}
 
     def _pod_liveness(self, name: str) -> dict[str, Any]:
         return pod_liveness(self.core, self.namespace, name)
 
-    def _break_problems(self, dead_pod: str) -> list[str]:
-        """Why breaking ``dead_pod``'s lock is not proven safe (DESIGN invariant 10);
-        empty when its Lease is not renewed and the pod is gone, or its node is NotReady
-        or tainted node.kubernetes.io/out-of-service. Asked before and after the
-        operator's confirmation."""
+    def _dead_problems(self, dead_pod: str) -> list[str]:
+        """Why defeating ``dead_pod``'s lock (fence break) or evicting its client (fence
+        evict) is not proven safe (DESIGN invariant 10); empty when its Lease is not
+        renewed and the pod is gone, or its node is NotReady or tainted
+        node.kubernetes.io/out-of-service. Asked before and after the operator's
+        confirmation."""
         problems = []
         record = self.read_lease()
         if record is not None and holder_pod(record.holder) == dead_pod \
@@ -306,6 +344,114 @@ class Ops:
             self._annotate(lambda a: a.pop(SWITCHOVER_ANNOTATION, None))
         return target
 
+    # -- fence evict -------------------------------------------------------------
+
+    def fence_evict(self, dead_pod: str, force: bool,
+                    confirm: Callable[[str], bool]) -> dict[str, Any]:
+        """Evict ``dead_pod``'s CephFS client(s) at the MDS after the interlocks; its
+        lock then frees by itself and the standby that holds the Lease takes it. The lock
+        generation is not touched. StorageFenceSetupError for wrong settings (exit 2)."""
+        settings = self.config.fencing
+        if settings.storage != "ceph":
+            raise StorageFenceSetupError(
+                f"fencing.storage is {settings.storage}: fence evict evicts a CephFS client "
+                "at the MDS with the fencer key of fencing.ceph; set fencing.storage: ceph "
+                "and fencing.ceph (conf, keyring, id, mds; docs/configuration.md)",
+                "fencing.storage")
+        if not self.volume.meta_dir.is_dir():
+            raise OpsError(f"{self.volume.meta_dir} is not here: fence evict reads the owner "
+                           "record and writes its audit on the shared volume; run it in a "
+                           "standby master pod (kubectl exec)")
+        owner = self._read(self.volume.read_owner, "the owner record")
+        if owner is None or owner.pod != dead_pod:
+            raise OpsError(f"the lock owner is {owner.pod if owner else 'nobody'}, not "
+                           f"{dead_pod}: nothing to evict; check `bindha-rwx fence status`")
+        eviction = Eviction(self.config, self.core, self.volume)
+        problems = self._dead_problems(dead_pod)
+        if problems and not force:
+            raise OpsError("refused: " + "; ".join(problems) + ". Nothing was evicted. If you "
+                           "are sure its node is off (docs/runbooks/stale-lock.md), add --force")
+        target = self._evict_plan(eviction, owner)
+        forced = " The interlocks are overridden (--force)." if problems else ""
+        question = (f"{dead_pod} (node {owner.node}, epoch {owner.epoch}) holds the storage "
+                    f"lock. Evicting {', '.join(target.clients)} ({target.basis}) at the MDS "
+                    "blocklists it: it can never write again, and the lock frees for the "
+                    f"standby.{forced} Evict? [yes/no] ")
+        generation_seen = self._read(self.volume.read_generation, "the lock generation")
+        if not confirm(question):
+            raise OpsError("not confirmed: nothing was evicted")
+        # The world may have moved while the operator read the question: ask again.
+        again = self._dead_problems(dead_pod)
+        if self._read(self.volume.read_owner, "the owner record") != owner or \
+                self._read(self.volume.read_generation, "the lock generation") != generation_seen:
+            raise OpsError("the lock owner or generation changed while you answered: nothing "
+                           "was evicted; check `bindha-rwx fence status` and start again")
+        if again and not force:
+            raise OpsError("refused after the confirmation: " + "; ".join(again) +
+                           ". Nothing was evicted")
+        if self._evict_plan(eviction, owner).clients != target.clients:
+            raise OpsError("the owner's MDS sessions changed while you answered: nothing was "
+                           "evicted; check `bindha-rwx fence status` and start again")
+        overridden = problems or again
+        proof = ("forced by the operator" if overridden else eviction.proof(owner)[1])
+        by = f"{getpass.getuser()}@{socket.gethostname()}"
+        try:
+            record = eviction.carry_out(owner, target, by=by, via="fence evict", proof=proof,
+                                        overridden=overridden)
+        except EvictionFailed as exc:
+            self._fence_event(dead_pod, "StorageFenceFailed", f"fence evict by {by} failed: "
+                              f"{exc}"[:1000])
+            raise OpsError(f"the eviction failed: {exc}. The lock generation is unchanged; "
+                           "try again, or see docs/runbooks/stale-lock.md") from None
+        error = self._fence_event(dead_pod, "StorageFenced", event_message(record))
+        if error:
+            record["event_error"] = error
+        lease = self.read_lease()
+        record["lease_holder"] = holder_pod(lease.holder) if lease else None
+        return record
+
+    def _read(self, read: Callable[[], Any], what: str) -> Any:
+        """A read of the shared volume with a deadline (VOLUME_TIMEOUT)."""
+        try:
+            return call_within(read, VOLUME_TIMEOUT, f"reading {what}")
+        except TimeoutError:
+            raise OpsError(f"{what} on the shared volume gave no answer within "
+                           f"{VOLUME_TIMEOUT:g}s (a hung mount, or on CephFS a frozen client "
+                           "holding its caps until the MDS ends its session): nothing was "
+                           "changed; try again, or see docs/runbooks/stale-lock.md") from None
+
+    def _evict_plan(self, eviction: Eviction, owner: Owner) -> Target:
+        """The owner's sessions to evict; OpsError (exit 1) when nothing is safe to
+        evict or Ceph does not answer; StorageFenceSetupError (exit 2) propagates."""
+        try:
+            target = eviction.plan(owner)
+        except Refused as exc:
+            raise OpsError(f"refused: {exc}. Nothing was evicted") from None
+        except StorageFenceSetupError:
+            raise
+        except StorageFenceError as exc:
+            raise OpsError(f"cannot list the MDS's sessions: {exc}. Nothing was evicted"
+                           ) from None
+        except (ApiException, HTTPError, OSError) as exc:  # the pods on the owner's node
+            raise OpsError(f"cannot read the pods and nodes from the API: {exc}. Nothing "
+                           "was evicted") from None
+        if not target.sessions:
+            raise OpsError(f"nothing to evict: {target.basis} has no MDS session any more "
+                           "(gone already), so its lock is free at the MDS. If the standby "
+                           "stays blocked, see `bindha-rwx fence status` and "
+                           "docs/runbooks/stale-lock.md (fence break)")
+        return target
+
+    def _fence_event(self, pod: str, reason: str, message: str) -> str | None:
+        """An Event about ``pod``; the error text if it could not be written (the action
+        is done and in fence.log: the Event is a record, not a condition)."""
+        try:
+            self.core.create_event(self.namespace, event_body(
+                self.namespace, pod, reason, message, "Warning", None, "bindha-rwx-fence"))
+        except Exception as exc:
+            return str(exc)[:200]
+        return None
+
     # -- fence break -------------------------------------------------------------
 
     def fence_break(self, dead_pod: str, force: bool, confirm: Callable[[str], bool],
@@ -319,7 +465,7 @@ class Ops:
         if owner is None or owner.pod != dead_pod:
             raise OpsError(f"the lock owner is {owner.pod if owner else 'nobody'}, not "
                            f"{dead_pod}: nothing to break; check `bindha-rwx fence status`")
-        problems = self._break_problems(dead_pod)
+        problems = self._dead_problems(dead_pod)
         if problems and not force:
             raise OpsError("refused: " + "; ".join(problems) + ". If you are sure its node is "
                            "off or its storage access revoked (docs/runbooks/stale-lock.md), "
@@ -331,7 +477,7 @@ class Ops:
         if not confirm(question):
             raise OpsError("not confirmed: nothing was changed")
         # The world may have moved while the operator read the question: ask again.
-        again = self._break_problems(dead_pod)
+        again = self._dead_problems(dead_pod)
         owner_now = self.volume.read_owner()
         if owner_now != owner or self.volume.read_generation() != generation_seen:
             raise OpsError("the lock owner or generation changed while you answered: nothing "
@@ -368,18 +514,12 @@ class Ops:
                   "old_owner": owner.__dict__, "generation": [old_generation, generation],
                   "epoch": epoch, "forced": bool(problems), "overridden": problems,
                   "lease_cleared": cleared, "pod_deleted": deleted}
-        with open(self.volume.meta_dir / "fence.log", "a", encoding="utf-8") as log:
-            log.write(json.dumps(action) + "\n")
-            log.flush()
-            os.fsync(log.fileno())
-        try:
-            self.core.create_event(self.namespace, event_body(
-                self.namespace, dead_pod, "FenceBroken",
-                f"storage lock of {dead_pod} broken: generation {old_generation} -> "
-                f"{generation}, epoch {epoch}, by {action['by']}", "Warning", None,
-                "bindha-rwx-fence"))
-        except Exception as exc:  # the volume change is done; the Event is a record
-            action["event_error"] = str(exc)[:200]
+        audit(self.volume.meta_dir / "fence.log", action)
+        error = self._fence_event(dead_pod, "FenceBroken", f"storage lock of {dead_pod} "
+                                  f"broken: generation {old_generation} -> {generation}, "
+                                  f"epoch {epoch}, by {action['by']}")
+        if error:
+            action["event_error"] = error
         return action
 
 

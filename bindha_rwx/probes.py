@@ -139,13 +139,14 @@ def probe_ready(config: Config) -> tuple[bool, str]:
         return _named_answers(config, deadline)
     if state.state == "journal-damaged":
         return False, f"journal damaged: {state.detail}"
+    said = f"; {state.detail}" if state.detail else ""
     if state.state == "blocked-on-fence":
-        return False, "blocked on fence: holds the Lease, waits for the storage lock"
+        return False, f"blocked on fence: holds the Lease, waits for the storage lock{said}"
     if not state.watch_connected:
         return False, "the Lease watch is not connected"
     if not _readable(config.paths.dyn_dir, deadline - time.monotonic()):
         return False, f"the shared volume {config.paths.dyn_dir} is not readable"
-    return True, "standby: Lease watch connected, shared volume readable"
+    return True, f"standby: Lease watch connected, shared volume readable{said}"
 
 
 def _named_answers(config: Config, deadline: float) -> tuple[bool, str]:

@@ -55,7 +55,8 @@ class Reporter:
 
     def write_state(self, *, state: str, leading: bool, epoch: int | None,
                     blocked_for: float, notify_targets: int, watch_connected: bool,
-                    damaged: list[Damage], health: VolumeHealth) -> None:
+                    damaged: list[Damage], health: VolumeHealth,
+                    fence: str | None = None) -> None:
         """Every controller tick: the gauges and state.json."""
         role = "leader" if leading else "standby"
         labels = self.config.role_label
@@ -74,6 +75,8 @@ class Reporter:
                       f"{JOURNAL_RUNBOOK}")
         elif health.writable is False:
             detail = f"shared volume {health.problem}; see {VOLUME_RUNBOOK}"
+        elif fence:
+            detail = fence
         self.runtime.write_state(RunState(
             role=role, state=state, pid=os.getpid(), watch_connected=watch_connected,
             epoch=epoch, updated=time.monotonic(), detail=detail,

@@ -299,7 +299,7 @@ def test_bad_acls(key_files):
 def test_storage_fencing_is_off_by_default_and_names_unreadable_files(key_files, tmp_path):
     assert parse(base(key_files)).fencing.storage == "none"
     conf = tmp_path / "ceph.conf"
-    conf.write_text("[global]\n")
+    conf.write_text("[global]\nmon_host = [v2:10.0.0.1:3300]\n")
     data = base(key_files)
     data["fencing"] = {"storage": "ceph", "ceph": {"conf": str(conf),
                                                    "keyring": str(tmp_path / "absent")}}
@@ -309,10 +309,46 @@ def test_storage_fencing_is_off_by_default_and_names_unreadable_files(key_files,
     data["fencing"]["storage"] = "nfs"
     assert any("fencing.storage" in p for p in problems(data))
     keyring = tmp_path / "fencer.keyring"
-    keyring.write_text("[client.fencer]\n")
+    keyring.write_text("[client.fencer]\n\tkey = AQBGUg9rHv+BKhAAqD/Ka4tsPx2oAhaH32EnsA==\n")
     data["fencing"] = {"storage": "ceph", "ceph": {"conf": str(conf), "keyring": str(keyring),
                                                    "id": "fencer", "mds": "cephfs:0",
                                                    "timeout": "5s"}}
     fencing = parse(data).fencing
     assert (fencing.storage, fencing.ceph_id, fencing.ceph_mds, fencing.timeout) == (
         "ceph", "fencer", "cephfs:0", 5.0)
+
+
+def test_storage_fencing_checks_what_it_can_without_the_cluster(key_files, tmp_path):
+    """A keyring without the fencer's key, a ceph.conf that names no monitor, a root
+    that is no absolute path: refused at load, naming the file or setting and the fix."""
+    conf = tmp_path / "ceph.conf"
+    conf.write_text("[global]\n# mon_host = commented out\nfsid = 1\n")
+    keyring = tmp_path / "keyring"
+    keyring.write_text("[client.admin]\n\tkey = AQBGUg9rHv+BKhAAqD/Ka4tsPx2oAhaH32EnsA==\n"
+                       "[client.fencer]\n\tcaps mds = \"allow *\"\n")
+    data = base(key_files)
+    data["fencing"] = {"storage": "ceph", "ceph": {
+        "conf": str(conf), "keyring": str(keyring), "id": "bindha", "root": "volumes/x",
+        "auto": "yes"}}
+    found = problems(data)
+    assert any(p.startswith("fencing.ceph.conf") and str(conf) in p and "mon_host" in p
+               for p in found), found
+    assert any(p.startswith("fencing.ceph.keyring") and str(keyring) in p
+               and "no key for client.bindha" in p and "client.admin, client.fencer" in p
+               and "fencing.ceph.id" in p for p in found), found
+    assert any(p.startswith("fencing.ceph.root") and "absolute path" in p for p in found)
+    assert any(p.startswith("fencing.ceph.auto") for p in found), found
+    data["fencing"]["ceph"]["id"] = "fencer"  # a section, but no key line in it
+    assert any("[client.fencer] section without a key" in p for p in problems(data))
+    data["fencing"]["ceph"] = {"conf": str(conf), "keyring": str(tmp_path / "nope")}
+    assert any(p.startswith("fencing.ceph.keyring") and "cannot be read" in p
+               for p in problems(data))
+
+    conf.write_text("[global]\nmon host = 10.0.0.1\n")
+    keyring.write_text("[client.fencer]\n\tkey = AQBGUg9rHv+BKhAAqD/Ka4tsPx2oAhaH32EnsA==\n")
+    data["fencing"] = {"storage": "ceph", "ceph": {
+        "conf": str(conf), "keyring": str(keyring), "id": "fencer",
+        "root": "//volumes/csi/v/", "auto": False}}
+    fencing = parse(data).fencing
+    assert (fencing.ceph_root, fencing.auto) == ("/volumes/csi/v", False)
+    assert parse(base(key_files)).fencing.auto is True

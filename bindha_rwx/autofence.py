@@ -1,0 +1,179 @@
+"""The master's side of the storage fence (``fencing.storage: ceph``), on job threads.
+
+- The check: at start (and every RECHECK seconds while it fails), one bounded
+  ``session ls`` with the fencer key says whether the fence could act: the cluster
+  answers, the key has its capabilities, the MDS exists. A failure is reported (log
+  ``fence.storage_unavailable``, Event ``StorageFenceUnavailable``, the pod's state
+  detail that `probe ready` and `status` show) and changes nothing else: the pod stays
+  a standby or leads as before, since leading on a free lock needs no fencer.
+- The fence: in blocked-on-fence, every retryPeriod, the eviction of the lock owner's
+  client once its pod is proven gone (bindha_rwx.eviction, the same steps as `fence
+  evict`). ``fencing.ceph.auto: false`` leaves that to an operator.
+
+The controller only starts jobs and reads their last word (``report``); every API,
+volume and Ceph call runs on the job's thread, each with a timeout, so nothing here
+sits on the renewal or guard path (DESIGN: liveness of the fence beats everything).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from bindha_rwx.cephfence import StorageFenceError
+from bindha_rwx.config import Config
+from bindha_rwx.eviction import RUNBOOK, Eviction, EvictionFailed, Refused, event_message
+from bindha_rwx.fencing import FenceError, SharedVolume
+from bindha_rwx.kube import Publisher
+from bindha_rwx.log import get_logger
+
+log = get_logger("master")
+
+RECHECK = 30.0  # seconds between start checks while the fencer cannot reach its MDS
+
+
+class AutoFence:
+    """The start check and the blocked standby's eviction jobs of one master pod."""
+
+    def __init__(self, config: Config, volume: SharedVolume, publisher: Publisher,
+                 identity: str) -> None:
+        self.settings = config.fencing
+        self.retry = config.timing.retry_period
+        self.eviction = Eviction(config, publisher.core, volume)
+        self.volume = volume
+        self.publisher = publisher
+        self.identity = identity
+        self._job: threading.Thread | None = None
+        self._result: tuple[str, Any] | None = None
+        self._said: tuple[str, Any] | None = None
+        self._next_try = 0.0
+        self._check_job: threading.Thread | None = None
+        self._check: str | None = None  # "ok", or why the fence cannot act
+        self._check_said: str | None = None
+        self._next_check = 0.0
+        self.last: str | None = None  # the fence job's last word, for the state detail
+
+    # -- from the controller (no I/O) ---------------------------------------------
+
+    def tick(self) -> None:
+        """Every controller step: start the check when due, say any news."""
+        now = time.monotonic()
+        if now >= self._next_check and not _alive(self._check_job):
+            self._next_check = now + RECHECK
+            if self._check != "ok":
+                self._check_job = threading.Thread(target=self._run_check,
+                                                   name="storage-check", daemon=True)
+                self._check_job.start()
+        self.report()
+
+    def problem(self) -> str | None:
+        """Why the storage fence could not act now, for the state detail; else None."""
+        check = self._check
+        return None if check in (None, "ok") else f"storage fence unavailable: {check}"
+
+    def step(self) -> None:
+        """blocked-on-fence: start an eviction job when due (at most one at a time)."""
+        self.report()
+        now = time.monotonic()
+        if _alive(self._job) or now < self._next_try:
+            return
+        self._next_try = now + self.retry
+        if not self.settings.auto:
+            self._result = ("waiting", "automatic eviction is off (fencing.ceph.auto: "
+                            "false): an operator runs `bindha-rwx fence evict --confirm-dead "
+                            f"<pod>` ({RUNBOOK})")
+            return
+        self._job = threading.Thread(target=self._run_fence, name="storage-fence",
+                                     daemon=True)
+        self._job.start()
+
+    def new_episode(self) -> None:
+        """Blocked again: say the fence's news afresh (the same words included)."""
+        self._said = None
+        self.last = None
+
+    def settle(self, timeout: float) -> None:
+        """The lock was just taken: let an eviction job that freed it say its last word."""
+        if self._job is not None:
+            self._job.join(timeout)
+        self.report()
+
+    def report(self) -> None:
+        """Say the jobs' news once each (log, Event)."""
+        check = self._check
+        if check is not None and check != self._check_said:
+            before, self._check_said = self._check_said, check
+            if check == "ok":
+                log.info("fence.storage_ready", mds=self.settings.ceph_mds,
+                         id=self.settings.ceph_id, again=before is not None)
+            else:
+                log.error("fence.storage_unavailable", why=check, conf=str(
+                    self.settings.ceph_conf), keyring=str(self.settings.ceph_keyring),
+                    effect="this pod cannot evict a lost holder's client; it stays a "
+                    "standby or leads as before")
+                self.publisher.event("StorageFenceUnavailable", f"the storage fence cannot "
+                                     f"act: {check}"[:1000], "Warning")
+        result, self._result = self._result, None
+        if result is None or result == self._said:
+            return
+        self._said = result
+        outcome, why = result
+        if outcome == "evicted":
+            self.last = f"evicted {', '.join(why['clients'])} of {why['pod']}"
+            log.warning("fence.storage_evicted", **why)
+            self.publisher.event("StorageFenced", event_message(why), "Warning")
+            return
+        self.last = f"storage fence {outcome}: {why}"[:300]
+        if outcome == "waiting":
+            log.info("fence.storage_waiting", why=why)
+        elif outcome == "refused":
+            log.warning("fence.storage_refused", why=why, runbook=RUNBOOK)
+            self.publisher.event("StorageFenceRefused", f"{why}"[:1000], "Warning")
+        else:
+            log.error("fence.storage_failed", why=why, runbook=RUNBOOK)
+            self.publisher.event("StorageFenceFailed", f"{why}"[:1000], "Warning")
+
+    # -- the jobs (their own threads; they never raise) ---------------------------
+
+    def _run_check(self) -> None:
+        try:
+            self.eviction.fence.sessions()
+            self._check = "ok"
+        except StorageFenceError as exc:
+            self._check = str(exc)[:500]
+        except Exception as exc:  # never a traceback: the check only reports
+            self._check = f"{type(exc).__name__}: {exc}"[:500]
+
+    def _run_fence(self) -> None:
+        """Prove the owner gone, find its client, evict; the outcome for the controller."""
+        try:
+            owner = self.volume.read_owner()
+            if owner is None:
+                self._result = ("waiting", "no owner record: nobody to evict")
+                return
+            problem, proof = self.eviction.proof(owner)
+            if problem is not None:
+                self._result = ("waiting", problem)
+                return
+            target = self.eviction.plan(owner)
+            if not target.sessions:
+                self._result = ("waiting", f"{target.basis} has no MDS session any more "
+                                "(gone already): its lock is free at the MDS")
+                return
+            self._check = "ok"  # the MDS answered with this key just now
+            self._result = ("evicted", self.eviction.carry_out(
+                owner, target, by=self.identity, via="automatic", proof=proof,
+                overridden=[]))
+        except Refused as exc:
+            self._result = ("refused", str(exc)[:700])
+        except EvictionFailed as exc:
+            self._result = ("failed", str(exc)[:700])
+        except (StorageFenceError, FenceError, OSError) as exc:
+            self._result = ("failed", str(exc)[:700])
+        except Exception as exc:  # API errors: stay blocked, say why, never a traceback
+            self._result = ("failed", f"{type(exc).__name__}: {exc}"[:700])
+
+
+def _alive(job: threading.Thread | None) -> bool:
+    return job is not None and job.is_alive()
