@@ -6,6 +6,14 @@
   ``fence.storage_unavailable``, Event ``StorageFenceUnavailable``, the pod's state
   detail that `probe ready` and `status` show) and changes nothing else: the pod stays
   a standby or leads as before, since leading on a free lock needs no fencer.
+- The owner record read ahead: a standby reads it every retryPeriod (the master's
+  lock-prepare job hands it over). On CephFS the first read of a file by a client that
+  holds no capabilities on it waits for the file's last writer to give them up; when
+  that writer's client is frozen (a lost node), that is until the MDS ends its session,
+  about ``session_timeout``, which would be the whole takeover. A standby that read it
+  all along shares the capabilities and reads at once; and when a read does not answer
+  within a retryPeriod the fence uses the copy read ahead (its pod must still be proven
+  gone; a stale copy can only name an earlier holder, whose eviction frees nothing).
 - The fence: in blocked-on-fence, every retryPeriod, the eviction of the lock owner's
   client once its pod is proven gone (bindha_rwx.eviction, the same steps as `fence
   evict`). ``fencing.ceph.auto: false`` leaves that to an operator.
@@ -24,7 +32,7 @@ from typing import Any
 from bindha_rwx.cephfence import StorageFenceError
 from bindha_rwx.config import Config
 from bindha_rwx.eviction import RUNBOOK, Eviction, EvictionFailed, Refused, event_message
-from bindha_rwx.fencing import FenceError, SharedVolume
+from bindha_rwx.fencing import FenceError, Owner, SharedVolume
 from bindha_rwx.kube import Publisher
 from bindha_rwx.log import get_logger
 
@@ -53,6 +61,8 @@ class AutoFence:
         self._check_said: str | None = None
         self._next_check = 0.0
         self.last: str | None = None  # the fence job's last word, for the state detail
+        self.owner_ahead: Owner | None = None  # read by the standby's lock-prepare job
+        self._owner_read: threading.Thread | None = None
 
     # -- from the controller (no I/O) ---------------------------------------------
 
@@ -136,6 +146,35 @@ class AutoFence:
 
     # -- the jobs (their own threads; they never raise) ---------------------------
 
+    def _owner(self) -> Owner | None:
+        """The owner record read now, within a retryPeriod, else the copy read ahead.
+        At most one read is outstanding: a read stuck behind a frozen client's
+        capabilities is not joined by another each retry."""
+        if not _alive(self._owner_read):
+            box: dict[str, Any] = {}
+
+            def read() -> None:
+                try:
+                    box["owner"] = self.volume.read_owner()
+                except Exception as exc:  # handed to the fence job below
+                    box["error"] = exc
+
+            self._owner_read = threading.Thread(target=read, name="owner-read", daemon=True)
+            self._owner_read.start()
+            self._owner_read.join(self.retry)
+            if "error" in box:
+                raise box["error"]
+            if "owner" in box:
+                self.owner_ahead = box["owner"] or self.owner_ahead
+                return box["owner"]
+        if self.owner_ahead is None:
+            raise FenceError(f"the owner record did not answer within {self.retry:g}s "
+                             "and none was read ahead")
+        log.info("fence.owner_read_ahead", pod=self.owner_ahead.pod,
+                 epoch=self.owner_ahead.epoch, why="the owner record does not answer "
+                 "(its last writer's client may be frozen)")
+        return self.owner_ahead
+
     def _run_check(self) -> None:
         try:
             self.eviction.fence.sessions()
@@ -148,7 +187,7 @@ class AutoFence:
     def _run_fence(self) -> None:
         """Prove the owner gone, find its client, evict; the outcome for the controller."""
         try:
-            owner = self.volume.read_owner()
+            owner = self._owner()
             if owner is None:
                 self._result = ("waiting", "no owner record: nobody to evict")
                 return

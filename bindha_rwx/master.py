@@ -305,9 +305,14 @@ class Master:
             self._lead()
 
     def _prepare_lock(self) -> None:
-        """lock-prepare job: a volume error here is the write probe's to report."""
+        """lock-prepare job: open the lock file and, for the storage fence, read the
+        owner record ahead (bindha_rwx/autofence.py says why). A volume error here is
+        the write probe's to report."""
         with contextlib.suppress(OSError, FenceError):
             self.fence.prepare()
+        if self.autofence is not None:
+            with contextlib.suppress(OSError, FenceError):
+                self.autofence.owner_ahead = self.volume.read_owner()
 
     def _take_fence(self) -> None:
         """Lease held: take the lock, bump the epoch, write the owner, start named.

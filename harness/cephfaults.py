@@ -16,6 +16,8 @@ fence (``fencing.storage: ceph``) has proof that the old pod is gone and evicts 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import time
@@ -50,6 +52,30 @@ def _takeover(c: ChaosLab, old: MasterPod, since: float, timeout: float) -> Mast
     new = c.new_leader(old, timeout=timeout)
     c.first_ack_from(new, since, timeout=timeout)
     return new
+
+
+def _evicted_by_fence(c: ChaosLab, old: MasterPod, since: float, wait: bool) -> bool:
+    """Whether the audit log on the volume has a storage eviction of ``old``'s client
+    written after ``since`` (waited for when expected: the record, and the pod's log
+    line, may follow the new named's start)."""
+    log = c.lab.shared / ".bindha" / "fence.log"
+    after = time.time() - (time.monotonic() - since)
+
+    def found() -> bool:
+        try:
+            lines = log.read_text().splitlines()
+        except FileNotFoundError:
+            return False
+        for line in lines:
+            record = json.loads(line)
+            if record.get("action") == "storage-evict" and record.get("pod") == old.name \
+                    and datetime.fromisoformat(record["time"]).timestamp() >= after - 1:
+                return True
+        return False
+    if wait:
+        with contextlib.suppress(AssertionError):
+            wait_until(found, 15, "the storage fence's audit record")
+    return found()
 
 
 def _event_monotonic(pod: MasterPod, event: str, after: float) -> float:
@@ -103,7 +129,7 @@ def node_loss(c: ChaosLab, leader: MasterPod) -> Outcome:
         out.figures["takeover_after_freeze_s"] = c.first_ack_from(new, frozen_at, 5) - frozen_at
         out.figures["takeover_after_proof_s"] = c.first_ack_from(new, proved, 5) - proved
         out.expect(new is standby, f"{new.name} took over, not the blocked {standby.name}")
-        evicted = new.has_event("fence.storage_evicted")
+        evicted = _evicted_by_fence(c, leader, frozen_at, wait=_fenced(c))
         out.figures["evicted_by_fence"] = evicted
         out.expect(evicted == _fenced(c), f"storage fence {c.storage_fencing}, yet "
                    f"{new.name} {'did' if evicted else 'did not'} evict the old client")

@@ -21,6 +21,7 @@ from kubernetes import client
 
 from bindha_rwx.ops import Ops, OpsError
 from harness.netlab import NetLab
+from harness.nodes import bind_to_node, taint_out_of_service
 from harness.pods import MasterLab, MasterPod, samples, wait_until
 
 T = {"lease": 3.0, "deadline": 1.6, "retry": 0.4, "stop": 0.8}
@@ -33,26 +34,6 @@ def cli(pod: MasterPod, *args: str, stdin: str | None = None) -> subprocess.Comp
     return subprocess.run([sys.executable, "-m", "bindha_rwx", *args, "--config",
                            str(pod.config_path)], capture_output=True, text=True, timeout=60,
                           env=env, input=stdin)
-
-
-def bind_to_node(lab: MasterLab, pod: str, ready: bool) -> str:
-    """Schedule ``pod`` onto a Node object of its own (no kubelet runs here: the Node's
-    status is what a node controller would report). Returns the node's name."""
-    name = f"node-{lab.namespace}"
-    lab.core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=name)))
-    lab.cleanups.append(lambda: lab.core.delete_node(name))
-    lab.core.patch_node_status(name, {"status": {"conditions": [
-        {"type": "Ready", "status": "True" if ready else "False", "reason": "Test"}]}})
-    lab.core.create_namespaced_pod_binding(pod, lab.namespace, client.V1Binding(
-        metadata=client.V1ObjectMeta(name=pod),
-        target=client.V1ObjectReference(kind="Node", name=name)), _preload_content=False)
-    return name
-
-
-def taint_out_of_service(lab: MasterLab, node: str, on: bool) -> None:
-    taints = [{"key": "node.kubernetes.io/out-of-service", "value": "nodeshutdown",
-               "effect": "NoExecute"}] if on else []
-    lab.core.patch_node(node, {"spec": {"taints": taints}})
 
 
 def test_fence_break_lets_the_standby_take_over_from_a_frozen_leader(lab: MasterLab):
