@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import Iterator
 
+import psutil
 import pytest
 
 from harness.cephlab import CephLab, CephMount
@@ -139,6 +140,18 @@ def test_a_cut_journal_on_cephfs_keeps_named_stopped(on_cephfs: OnCephFS):
     assert journal.stat().st_size == len(data) - 7  # nothing was rewritten
 
 
+def lock_open_ahead(on_cephfs: OnCephFS, pod: MasterPod) -> bool:
+    """Has ``pod``'s supervisor opened the lock file ahead (StorageLock.open)? Until it
+    has, a freeze of the holder's client makes that open wait for the MDS to end the
+    frozen session (30 s here): a standby started a moment before the freeze (seen
+    under load) would report nothing in time."""
+    lock = str(on_cephfs.by_pod[pod.name].mountpoint / ".bindha" / "lock")
+    try:
+        return any(f.path == lock for f in psutil.Process(pod.pid).open_files())
+    except psutil.Error:
+        return False
+
+
 def _lose_the_leaders_node(on_cephfs: OnCephFS, keyring: str, ceph_id: str
                            ) -> tuple[MasterPod, MasterPod, int]:
     """Two pods with fencing.storage: ceph; the leader's supervisor, named and ceph-fuse
@@ -159,6 +172,7 @@ def _lose_the_leaders_node(on_cephfs: OnCephFS, keyring: str, ceph_id: str
     owner = lab.volume.read_owner()
     assert owner is not None and owner.storage_client == f"client{number}"
     named = leader.named_processes()[0]
+    wait_until(lambda: lock_open_ahead(on_cephfs, standby), 20, "the standby's lock file open")
     leader.signal(signal.SIGSTOP)
     named.suspend()
     os.kill(client.pid, signal.SIGSTOP)  # the whole node stands still

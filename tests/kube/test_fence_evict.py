@@ -30,7 +30,7 @@ from kubernetes import client
 from bindha_rwx.fencing import SharedVolume
 from harness.cephlab import CephLab, CephMount
 from harness.pods import ROOT, MasterLab, MasterPod, samples, wait_until
-from tests.kube.test_cephfs_smoke import OnCephFS
+from tests.kube.test_cephfs_smoke import OnCephFS, lock_open_ahead
 
 pytestmark = [pytest.mark.cephfs, pytest.mark.kube, pytest.mark.named, pytest.mark.root]
 
@@ -115,7 +115,12 @@ class CsiLike:
         self.volume.write_owner(replace(owner, storage_client=None))
 
     def freeze(self, pod: MasterPod) -> None:
-        """The node stands still: the supervisor, its named and its CephFS client."""
+        """The node stands still: the supervisor, its named and its CephFS client (once
+        every other pod has the lock file open ahead: see lock_open_ahead)."""
+        for other in self.lab.masters:
+            if other is not pod and other.alive():
+                wait_until(lambda other=other: lock_open_ahead(self.on_cephfs, other), 20,
+                           f"{other.name}'s lock file open")
         named = pod.named_processes()[0]
         pod.signal(signal.SIGSTOP)
         named.suspend()
