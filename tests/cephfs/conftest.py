@@ -8,7 +8,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,27 +15,16 @@ from pathlib import Path
 import pytest
 
 from harness.cephlab import CephLab, CephMount, ceph_fuse_mounts
+from tests.holderprocess import HolderProcess
 
 HOLDER = Path(__file__).with_name("holder.py")
 
 
-class Holder:
-    """tests/cephfs/holder.py in a process of its own, locking ``path``."""
+class Holder(HolderProcess):
+    """The holder script next to this file, locking ``path``."""
 
     def __init__(self, path: Path) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(HOLDER), str(path)], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, text=True, start_new_session=True)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def do(self, command: str) -> str:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(command + "\n")
-        self.process.stdin.flush()
-        return self.process.stdout.readline().strip()
+        super().__init__(HOLDER, path)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from harness.faultfs import (
     unavailable,
 )
 from tests.conftest import require
+from tests.holderprocess import HolderProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 HOLDER = Path(__file__).with_name("lockholder.py")
@@ -34,26 +35,11 @@ def _no_stale_faultfs_mounts() -> None:
         cleanup_stale_mounts()
 
 
-class Holder:
-    """tests/faultfs/lockholder.py in a process of its own."""
+class Holder(HolderProcess):
+    """The holder script next to this file, locking ``path``."""
 
     def __init__(self, path: Path) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(HOLDER), str(path)], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, text=True, start_new_session=True)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def do(self, command: str) -> str:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(command + "\n")
-        self.process.stdin.flush()
-        if command == "exit":
-            self.process.wait(10)
-            return ""
-        return self.process.stdout.readline().strip()
+        super().__init__(HOLDER, path)
 
 
 @dataclass
