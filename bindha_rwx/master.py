@@ -78,7 +78,7 @@ from bindha_rwx.render import RNDC_KEY_NAME, render_bootstrap_zone, render_prima
 from bindha_rwx.reporter import Reporter
 from bindha_rwx.scaffold import Scaffold
 from bindha_rwx.storagelock import LockWatch
-from bindha_rwx.volume import VolumeProbe
+from bindha_rwx.volume import VolumeHealth, VolumeProbe
 
 log = get_logger("master")
 
@@ -154,10 +154,11 @@ class Master:
         self._next_state_write = 0.0
         self.journals = JournalGate()
         self._next_journal_check = 0.0
+        self._volume_failed_under_named = False  # set by the probe thread, read here
         self.volume_probe = VolumeProbe(
             self.volume.meta_dir / f"probe.{config.pod.name}", interval=timing.retry_period,
             timeout=max(1.0, 2 * timing.retry_period), active=lambda: True,
-            on_change=lambda before, now: self.reporter.volume_changed(before, now))
+            on_change=self._volume_changed)
         self.reporter = Reporter(config, self.metrics, self.runtime, self.publisher,
                                  self.volume_probe.path)
 
@@ -492,6 +493,10 @@ class Master:
                     self._start_named()
             return
         ended = named.poll()
+        if ended is None and self._volume_failed_under_named \
+                and self.volume_probe.health().writable:
+            self._restart_named_after_volume_failure(named)
+            return
         if ended is None:
             if self._serving_since is None and named.serving(timeout=0.2):
                 self._serving_since = now
@@ -510,6 +515,35 @@ class Master:
                              cooldown=self.config.timing.lease_duration)
         else:
             self._restart_at = now + delay
+
+    def _volume_changed(self, before: VolumeHealth, now: VolumeHealth) -> None:
+        """The write probe's news (its thread: no blocking): report it, and note a
+        failure while named runs as leader, for _lead to act on once writable again."""
+        self.reporter.volume_changed(before, now)
+        if now.writable is False and self.state is State.LEADER:
+            self._volume_failed_under_named = True
+
+    def _restart_named_after_volume_failure(self, named: NamedProcess) -> None:
+        """The volume failed under named (full, read-only, hung) and is writable again:
+        start named afresh from the zone file and journal. A journal write that named
+        saw fail may have reached the volume anyway (seen on a full CephFS: the update
+        was refused, yet the journal's header moved past named's zone); named then
+        refuses every later update ("malformed transaction: last serial N != transaction
+        first serial N-1") until it re-reads both. A new named serves what the volume
+        holds: every acknowledged update and at most a refused one. SIGTERM, not rndc
+        stop: a dump of the zone from named's memory would be the stale copy."""
+        self._volume_failed_under_named = False
+        log.warning("named.restart", reason="the volume is writable again after it failed "
+                    "under named: named re-reads the zone and its journal", pid=named.pid)
+        ended = named.kill(self.config.timing.stop_timeout)
+        if named.running:  # no second named next to it: step down, the lock stays its
+            self._relinquish("named could not be stopped to re-read the volume",
+                             graceful=False, cooldown=self.config.timing.lease_duration)
+            return
+        log.info("named.stopped", reason=ended.reason, returncode=ended.returncode)
+        self.named = None
+        self._serving_since = None
+        self._restart_at = time.monotonic()  # the next step: journal check, a new named
 
     def _relinquish(self, reason: str, *, graceful: bool, cooldown: float | None) -> None:
         """The one way leadership ends: switchover, Lease lost, self-fence, crash loop,
@@ -543,6 +577,7 @@ class Master:
                           "descriptor until it is gone")
         self.fence.release()
         self._restart_at = None
+        self._volume_failed_under_named = False
         self.journals.forget()
         self._blocked_since = None
         if was in (State.LEADER, State.DAMAGED) and not self.shutdown.is_set():

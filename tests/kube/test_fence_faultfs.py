@@ -227,3 +227,37 @@ def test_a_candidate_whose_volume_hangs_does_not_acquire(mounted: Mounted):
     assert standby.has_event("lease.not_acquiring")
     mount.heal()
     assert lab.leader(timeout=5 * T["retry"] + T["lease"] + 10) is standby
+
+
+def test_named_rereads_the_volume_after_it_failed_under_the_leader(mounted: Mounted):
+    """The leader's volume refuses every write (ENOSPC) for a while, then heals. named
+    may have seen a journal write fail that reached the volume anyway (seen on a full
+    CephFS: its zone then lags its journal and it refuses every update for good), so
+    the supervisor starts named afresh once the volume is writable again: same leader,
+    same Lease, a new named that serves every acknowledged update."""
+    from harness.writer import UpdateWriter, served_names
+
+    lab = mounted.lab
+    mounted.start(1)
+    leader = lab.leader()
+    old = leader.named_processes()[0]
+    key = leader.config.keys["update-key"]
+    writer = UpdateWriter(ZONE, [leader.ip], key, interval=0.02).start()
+    try:
+        wait_until(lambda: len(writer.acks) > 20, 15, "updates acknowledged")
+        mount = mounted.mounts[leader.name]
+        mount.fault("ENOSPC", ops="mutating")
+        wait_until(lambda: leader.has_event("volume.unwritable"), 10, "the probe sees it")
+        mount.heal()
+        wait_until(lambda: leader.has_event("named.restart"), 10, "named restarted")
+        healed = time.monotonic()
+        wait_until(lambda: [p for p in leader.named_processes() if p.pid != old.pid], 15,
+                   "a new named")
+        wait_until(lambda: any(a.sent > healed for a in writer.acks), 20,
+                   "updates acknowledged again")
+    finally:
+        writer.stop()
+    assert lab.holder() == leader.name and not old.is_running()
+    served = served_names(leader.ip, ZONE, leader.config.keys["transfer-key"])
+    lost = [a.name for a in writer.acks if a.name not in served]
+    assert lost == [], f"acknowledged updates lost: {lost[:5]}"
