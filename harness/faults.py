@@ -25,6 +25,7 @@ from bindha_rwx.probes import RuntimeFiles
 from harness.bindlab import soa_serial
 from harness.invariants import possible_writers
 from harness.pods import MasterPod, configmap_update, wait_until
+from harness.procstate import can_run
 
 if TYPE_CHECKING:
     from harness.chaos import ChaosLab
@@ -273,12 +274,14 @@ def volume_full(c: ChaosLab, leader: MasterPod) -> Outcome:
 
 def _volume_fault(c: ChaosLab, leader: MasterPod, kind: str) -> Outcome:
     """named answers SERVFAIL and acknowledges nothing while the volume cannot be
-    written, then resumes by itself; the leader reports it (its write probe) and does
-    not change."""
+    written; the leader reports it (its write probe), stays the leader, and once the
+    volume is writable again starts named afresh (`named.restart`: a named that saw
+    journal writes fail may lag its journal) which acknowledges updates again."""
     out = Outcome()
     named = leader.named_processes()
     acked_before = len(c.writer.acks)
     reported_before = _count(leader, "volume.unwritable")
+    restarts_before = _count(leader, "named.restart")
     pods = [p for p in c.lab.masters if p.alive()]
     filler = c.volume.break_it(kind, pods)
     start = time.monotonic()  # once it is read-only or full (a Ceph OSD: its next tick)
@@ -297,8 +300,24 @@ def _volume_fault(c: ChaosLab, leader: MasterPod, kind: str) -> Outcome:
         c.volume.heal(kind, filler, pods)
     healed = time.monotonic()
     out.figures["resume_after_heal_s"] = c.first_ack_from(leader, healed, timeout=30) - healed
-    out.expect(leader.named_processes() == named and c.lab.holder() == leader.name,
-               f"the leader or its named changed during a {kind} volume")
+    # The old named may acknowledge again at once; the write probe sees the volume
+    # writable within its interval, then the leader starts named afresh.
+    try:
+        wait_until(lambda: _count(leader, "named.restart") > restarts_before,
+                   2 * c.timing["retryPeriod"] + c.timing["stopTimeout"] + 10,
+                   "named.restart")
+        restarted = True
+    except AssertionError:
+        restarted = out.expect(False, f"{leader.name} did not start named afresh after "
+                               f"the {kind} volume")
+    if restarted:
+        since = time.monotonic()
+        out.figures["new_named_acks_after_s"] = c.first_ack_from(leader, since, 30) - since
+    out.expect(c.lab.holder() == leader.name, f"the leader changed during a {kind} volume")
+    out.expect(_count(leader, "named.restart") == restarts_before + 1,
+               f"{leader.name} started named afresh more than once after the {kind} volume")
+    out.expect(not [p for p in named if can_run(p)],
+               f"{leader.name}'s named from before the {kind} volume still runs")
     return out
 
 
