@@ -48,7 +48,8 @@ class Reporter:
             return
         self.metrics.inc("volume_probe_failures_total")
         log.error("volume.unwritable", problem=health.problem, named="kept running: it "
-                  "answers SERVFAIL to updates and resumes by itself", runbook=VOLUME_RUNBOOK)
+                  "answers SERVFAIL to updates; the leader starts it afresh once the volume "
+                  "is writable", runbook=VOLUME_RUNBOOK)
         self.publisher.event("VolumeUnwritable", f"the shared volume is {health.problem}; "
                              f"named answers updates with SERVFAIL until it is writable; see "
                              f"{VOLUME_RUNBOOK}", "Warning")

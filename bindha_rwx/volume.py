@@ -1,9 +1,10 @@
 """The leader's write probe of the shared volume (DESIGN: shared volume read-only / full / gone).
 
-``named`` answers SERVFAIL ("journal write failed") while the volume takes no writes,
-acknowledges nothing, and resumes by itself once it does (seen here), so this probe
-only reports: it never stops ``named``. Every ``interval`` seconds it writes and fsyncs
-a small file ``dynDir/.bindha/probe.<pod>``, and reads the free space.
+``named`` answers SERVFAIL ("journal write failed") while the volume takes no writes
+and acknowledges nothing, so this probe only reports: it never stops ``named`` (the
+master starts a fresh one once the volume is writable again: docs/supervisor.md).
+Every ``interval`` seconds it writes and fsyncs a small file
+``dynDir/.bindha/probe.<pod>``, and reads the free space.
 
 Storage that hangs must not hold anything else up: the write runs on a worker thread
 of its own; the probe's thread waits for it at most ``timeout`` seconds, reports a

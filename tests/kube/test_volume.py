@@ -4,7 +4,8 @@
   keeps the fence, starts no named, says why (log, state.json, `status`, probe, Event,
   metric), and starts named once the runbook's repair commands have run.
 - read-only volume: the leader's write probe reports it and its recovery; named is
-  left running (it answers SERVFAIL to updates meanwhile, and resumes by itself).
+  left running (it answers SERVFAIL to updates meanwhile), and started afresh once the
+  volume is writable.
 """
 
 from __future__ import annotations
