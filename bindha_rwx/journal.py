@@ -24,8 +24,20 @@ offset with the file's size: one open and a 64-byte read per zone. ``named-journ
 -x`` (with a timeout) runs only on a journal found damaged, to say in BIND's words how
 far the intact transactions go, which is what the runbook's recovery needs.
 
-Damage inside a transaction is left to ``named``, which refuses such a zone loudly
-(SERVFAIL for it, the leader's readiness fails); it is never served silently.
+The check also walks the transaction headers of the journal's tail, from the last
+index entry (the header is followed by an index of (serial, offset) pairs, one per
+transaction until it fills) to the header's end offset: each transaction header must
+have a size, records and the serial the one before ended at, and the chain must end
+exactly at the header's end offset and serial. That catches what a full CephFS left
+here: the header moved past a transaction whose own header was still the zeros BIND
+writes as a placeholder (``dns_journal_begin_transaction``) and rewrites at commit.
+``named`` refuses such a zone ("journal corrupt: empty transaction", "journal
+rollforward failed"); the transaction was never acknowledged (the commit's fsync had
+failed), so every transaction before it is intact and the runbook keeps them. A few
+16-byte reads per zone, usually one read of the tail.
+
+Damage inside a transaction's records is left to ``named``, which refuses such a zone
+loudly (SERVFAIL for it, the leader's readiness fails); it is never served silently.
 """
 
 from __future__ import annotations
@@ -43,12 +55,16 @@ from typing import Any
 
 from bindha_rwx import reaper
 from bindha_rwx.bindtools import BindToolError, find_tool
+from bindha_rwx.soa import serial_lt
 
 RUNBOOK = "docs/runbooks/journal-out-of-sync.md"
 HEADER_SIZE = 64
 # journal.c: ";BIND LOG V9\n" (before 9.16.13) and ";BIND LOG V9.2\n", NUL-padded to 16.
 FORMATS = frozenset({b";BIND LOG V9\n", b";BIND LOG V9.2\n"})
 TOOL_TIMEOUT = 10.0
+XHDR_V2, XHDR_V1 = 16, 12  # journal_rawxhdr_t (size, count, serial0, serial1); V9: no count
+TAIL_READ = 1 << 20  # bytes of a journal's tail read at once
+WALK_AT_MOST = 100_000  # transaction headers walked per journal
 # Journals are checked by a few threads: on a network volume each open is a round trip.
 WORKERS = 8
 EXPLAIN_AT_MOST = 10
@@ -115,12 +131,16 @@ def check_journal(zone: str, path: Path) -> Damage | None:
     except OSError as exc:
         return Damage(zone, str(path), f"cannot be read: {exc.strerror}")
     try:
-        data = os.pread(fd, HEADER_SIZE, 0)
-        size = os.fstat(fd).st_size
+        return _check_open_journal(zone, path, fd)
     except OSError as exc:
         return Damage(zone, str(path), f"cannot be read: {exc.strerror}")
     finally:
         os.close(fd)
+
+
+def _check_open_journal(zone: str, path: Path, fd: int) -> Damage | None:
+    data = os.pread(fd, HEADER_SIZE, 0)
+    size = os.fstat(fd).st_size
     if size == 0:
         return Damage(zone, str(path), "is empty (0 bytes): named would refuse the zone")
     if len(data) < HEADER_SIZE:
@@ -138,7 +158,87 @@ def check_journal(zone: str, path: Path) -> Damage | None:
                       f"serial {header.end_serial} ending at byte {header.end_offset}, the "
                       f"file has {size} bytes; named would replay it in part, silently",
                       header.end_serial, (header.begin_serial, header.begin_offset))
+    problem = walk_tail(fd, header)
+    if problem is not None:
+        return Damage(zone, str(path), f"{problem}; its header records transactions up "
+                      f"to serial {header.end_serial}: named would refuse the zone",
+                      header.end_serial, (header.begin_serial, header.begin_offset))
     return None
+
+
+def _transaction_starts(fd: int, header: Header) -> list[tuple[int, int]]:
+    """The index's (serial, offset) entries inside [begin, end), by offset."""
+    raw = os.pread(fd, header.index_size * 8, HEADER_SIZE) if header.index_size else b""
+    entries = [struct.unpack(">II", raw[i:i + 8]) for i in range(0, len(raw) - 7, 8)]
+    return sorted(((serial, offset) for serial, offset in entries
+                   if header.begin_offset <= offset < header.end_offset),
+                  key=lambda entry: entry[1])
+
+
+def walk_tail(fd: int, header: Header) -> str | None:
+    """What is wrong with the transaction chain from the last index entry to the
+    header's end, or None. Reads that tail once (at most TAIL_READ bytes; past that,
+    one read per transaction header)."""
+    if header.end_offset == header.begin_offset:
+        return None  # no transaction
+    starts = _transaction_starts(fd, header)
+    serial, offset = starts[-1] if starts else (header.begin_serial, header.begin_offset)
+    xhdr = XHDR_V2 if header.format_ == b";BIND LOG V9.2\n" else XHDR_V1
+    base = offset
+    tail = os.pread(fd, header.end_offset - base, base) \
+        if header.end_offset - base <= TAIL_READ else None
+    for _ in range(WALK_AT_MOST):
+        if offset == header.end_offset:
+            if serial != header.end_serial:
+                return (f"its transactions end at serial {serial}, its header says "
+                        f"{header.end_serial}")
+            return None
+        if offset + xhdr > header.end_offset:
+            return f"has a partial transaction header at byte {offset}"
+        raw = tail[offset - base:offset - base + xhdr] if tail is not None \
+            else os.pread(fd, xhdr, offset)
+        if len(raw) < xhdr:
+            return f"ends inside the transaction header at byte {offset}"
+        if xhdr == XHDR_V2:
+            length, count, serial0, serial1 = struct.unpack(">IIII", raw)
+        else:
+            (length, serial0, serial1), count = struct.unpack(">III", raw), 1
+        if length == 0 or count == 0:
+            return (f"has an empty transaction at byte {offset} (its header is BIND's "
+                    f"placeholder: the commit of the update after serial {serial} never finished)")
+        if serial0 != serial:
+            return (f"has a transaction at byte {offset} from serial {serial0}, the one "
+                    f"before ended at {serial}")
+        if offset + xhdr + length > header.end_offset:
+            return (f"has a transaction at byte {offset} of {length} bytes that runs past "
+                    f"the header's end offset {header.end_offset}")
+        offset, serial = offset + xhdr + length, serial1
+    return None  # a very long tail: left to named
+
+
+def check_served_floor(zone: str, path: Path, served: int) -> Damage | None:
+    """Damage if the journal ends before ``served``, a serial named served from memory.
+
+    For the restart after the volume failed under a running named: that named served
+    ``served``, so the volume must hold it. If the journal ends older, the volume lost
+    updates named had acknowledged, and a new named would hand out their serials
+    again with other contents, which a secondary holding the old ones never transfers
+    (seen once on a full CephFS). Only zones with a journal are compared: one with no
+    journal has had no update since its zone file was written.
+    """
+    try:
+        with path.open("rb") as f:
+            header = read_header(f.read(HEADER_SIZE))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return Damage(zone, str(path), f"cannot be read: {exc.strerror}")
+    if header is None or not serial_lt(header.end_serial, served):
+        return None  # a bad header is check_journal's to report
+    return Damage(zone, str(path), f"ends at serial {header.end_serial}, but named served "
+                  f"serial {served} before the volume failed: the volume lost updates "
+                  f"named had acknowledged (a secondary may hold them)", header.end_serial,
+                  (header.begin_serial, header.begin_offset))
 
 
 def check_journals(zones: Iterable[tuple[str, Path]],

@@ -9,11 +9,18 @@ says a damage once (log, Event) and notices the repair; what to do with the verd
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bindha_rwx.journal import Damage, explain_all, same_damage, timed_check, zone_journals
+from bindha_rwx.journal import (
+    Damage,
+    check_served_floor,
+    explain_all,
+    same_damage,
+    timed_check,
+    zone_journals,
+)
 
 
 @dataclass(frozen=True)
@@ -35,10 +42,21 @@ class JournalGate:
     def __init__(self) -> None:
         self.damaged: list[Damage] = []
 
-    def check(self, dyn_dir: Path, zones: Iterable[tuple[str, str]]) -> Verdict:
-        """Every (zone, file name)'s journal; named's words for the first few damaged."""
+    def check(self, dyn_dir: Path, zones: Iterable[tuple[str, str]],
+              served: Mapping[str, int] | None = None) -> Verdict:
+        """Every (zone, file name)'s journal; named's words for the first few damaged.
+
+        ``served``: serials a named served from memory before the volume failed under
+        it; a journal that ends older than its zone's is damage too (journal.py).
+        """
         journals = zone_journals(dyn_dir, list(zones))
         damaged, took = timed_check(journals)
+        if served:
+            known = {d.zone for d in damaged}
+            damaged += [d for d in (check_served_floor(zone, path, served[zone])
+                                    for zone, path in journals
+                                    if zone in served and zone not in known)
+                        if d is not None]
         if not damaged:
             repaired, self.damaged = self.damaged, []
             return Verdict([], len(journals), took, repaired=repaired)

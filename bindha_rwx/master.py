@@ -77,6 +77,7 @@ from bindha_rwx.reload import ConfigSource, applied, candidate, refused
 from bindha_rwx.render import RNDC_KEY_NAME, render_bootstrap_zone, render_primary
 from bindha_rwx.reporter import Reporter
 from bindha_rwx.scaffold import Scaffold
+from bindha_rwx.soa import ask_serials
 from bindha_rwx.storagelock import LockWatch
 from bindha_rwx.volume import VolumeHealth, VolumeProbe
 
@@ -155,6 +156,7 @@ class Master:
         self.journals = JournalGate()
         self._next_journal_check = 0.0
         self._volume_failed_under_named = False  # set by the probe thread, read here
+        self._served_before_restart: dict[str, int] = {}  # zone -> serial, see _lead
         self.volume_probe = VolumeProbe(
             self.volume.meta_dir / f"probe.{config.pod.name}", interval=timing.retry_period,
             timeout=max(1.0, 2 * timing.retry_period), active=lambda: True,
@@ -389,7 +391,8 @@ class Master:
         runbook's repair is picked up without a restart.
         """
         verdict = self.journals.check(self.config.paths.dyn_dir,
-                                      [(z.name, z.file_name) for z in self.config.zones])
+                                      [(z.name, z.file_name) for z in self.config.zones],
+                                      served=self._served_before_restart)
         self.metrics.set("journal_check_seconds", verdict.seconds)
         self.metrics.set("journals_damaged", len(verdict.damaged))
         self._next_journal_check = time.monotonic() + self.config.timing.retry_period
@@ -500,6 +503,7 @@ class Master:
         if ended is None:
             if self._serving_since is None and named.serving(timeout=0.2):
                 self._serving_since = now
+                self._served_before_restart = {}
                 log.info("named.serving", pid=named.pid, zones=len(self.config.zones))
             elif self._serving_since is not None and now - self._serving_since > 60:
                 self.restarts.reset()
@@ -533,8 +537,10 @@ class Master:
         holds: every acknowledged update and at most a refused one. SIGTERM, not rndc
         stop: a dump of the zone from named's memory would be the stale copy."""
         self._volume_failed_under_named = False
+        self._served_before_restart = self._served_serials()
         log.warning("named.restart", reason="the volume is writable again after it failed "
-                    "under named: named re-reads the zone and its journal", pid=named.pid)
+                    "under named: named re-reads the zone and its journal", pid=named.pid,
+                    served_serials_known=len(self._served_before_restart))
         ended = named.kill(self.config.timing.stop_timeout)
         if named.running:  # no second named next to it: step down, the lock stays its
             self._relinquish("named could not be stopped to re-read the volume",
@@ -544,6 +550,16 @@ class Master:
         self.named = None
         self._serving_since = None
         self._restart_at = time.monotonic()  # the next step: journal check, a new named
+
+    def _served_serials(self) -> dict[str, int]:
+        """The serial of each zone named serves now, asked within a retryPeriod at most:
+        the floor the volume must hold when named re-reads it (JournalGate.check). A
+        zone that does not answer gets no floor."""
+        config = self.config
+        budget = min(1.0, config.timing.retry_period)
+        result = ask_serials([config.local_address], [z.name for z in config.zones],
+                             port=config.ports.dns, deadline=time.monotonic() + budget)
+        return next(iter(result.serials.values()), {})
 
     def _relinquish(self, reason: str, *, graceful: bool, cooldown: float | None) -> None:
         """The one way leadership ends: switchover, Lease lost, self-fence, crash loop,
@@ -578,6 +594,7 @@ class Master:
         self.fence.release()
         self._restart_at = None
         self._volume_failed_under_named = False
+        self._served_before_restart = {}
         self.journals.forget()
         self._blocked_since = None
         if was in (State.LEADER, State.DAMAGED) and not self.shutdown.is_set():

@@ -41,7 +41,7 @@ from bindha_rwx.probes import RunState, RuntimeFiles, write_role_file
 from bindha_rwx.reload import ConfigSource, applied, candidate
 from bindha_rwx.render import RNDC_KEY_NAME, render_secondary
 from bindha_rwx.scaffold import Scaffold
-from bindha_rwx.soa import ask_serials
+from bindha_rwx.soa import ask_serials, serial_lt
 
 log = get_logger("secondary")
 CONVERGE_WINDOW = 15.0  # seconds of close watch after a primary change or a reload
@@ -334,7 +334,7 @@ class Secondary:
             if their is None or zone not in heard:
                 continue  # unknown this pass
             our = ours.get(zone)
-            if our is not None and not _serial_lt(our, their):
+            if our is not None and not serial_lt(our, their):
                 self._lagging_since.pop(zone, None)
                 self._refresh_after.pop(zone, None)
                 continue
@@ -382,8 +382,3 @@ class Secondary:
             role="secondary", state="following" if self.primary else "waiting-for-leader",
             pid=os.getpid(), watch_connected=self.watcher.connected, epoch=None,
             updated=time.monotonic()))
-
-
-def _serial_lt(a: int, b: int) -> bool:
-    """RFC 1982 serial arithmetic: is ``a`` older than ``b``?"""
-    return a != b and ((b - a) % 2**32) < 2**31

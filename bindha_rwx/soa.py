@@ -93,7 +93,7 @@ def parse_soa_serial(data: bytes, wire: bytes) -> tuple[bool, int | None]:
         rtype, = struct.unpack("!H", data[offset:offset + 2])
         if rtype != _SOA:
             return True, None
-        offset = _skip_name(data, offset + 10)  # type, class, ttl, rdlength: 10 bytes
+        offset += 10  # type, class, ttl, rdlength: the rdata starts with mname
         offset = _skip_name(data, _skip_name(data, offset))  # mname, rname
         serial, = struct.unpack("!I", data[offset:offset + 4])
     except (IndexError, struct.error):
@@ -199,3 +199,8 @@ def _receive(sock: socket.socket, table: dict[str, _Server], result: SerialPass)
             result.answered[server.ip].add(zone)
             if serial is not None:
                 result.serials[server.ip][zone] = serial
+
+
+def serial_lt(a: int, b: int) -> bool:
+    """RFC 1982 serial arithmetic: is ``a`` older than ``b``?"""
+    return a != b and ((b - a) % 2**32) < 2**31

@@ -19,6 +19,7 @@ import dns.update
 import pytest
 
 from bindha_rwx.journal import HEADER_SIZE, check_journals, read_header
+from bindha_rwx.journalgate import JournalGate
 from bindha_rwx.render import render_bootstrap_zone, render_primary
 from harness.bindlab import NamedProcess, keyring, load_pod_config, write_pod_config
 
@@ -164,6 +165,84 @@ def test_garbage_inside_a_transaction_is_left_to_named_which_refuses_it(seeded, 
     assert check_journals([(ZONE, jnl)]) == []  # the header is sound
     assert journalprint(jnl).returncode == 1
     assert loaded_serial(zone) is None
+
+
+def last_transaction(jnl: Path) -> tuple[int, int]:
+    """(offset, serial before it) of the journal's last transaction, in BIND's words."""
+    result = subprocess.run(["named-journalprint", "-x", str(jnl)], capture_output=True,
+                            text=True, timeout=10, check=True)
+    lines = [line.split() for line in result.stdout.splitlines()
+             if line.startswith("Transaction:")]
+    return int(lines[-1][4]), int(lines[-1][10])
+
+
+def test_a_placeholder_transaction_header_is_caught_as_named_refuses_it(seeded, tmp_path):
+    """What a full CephFS left: the header moved past a transaction whose own header was
+    still the zeros BIND writes before the records (its commit failed, the update was
+    refused). named refuses the zone; the check says so before named starts, and the
+    runbook's intact part is every transaction before it."""
+    header = header_of(seeded[1])
+    offset, before = last_transaction(seeded[1])
+
+    def placeholder(jnl: Path) -> None:
+        with jnl.open("r+b") as f:
+            f.seek(offset)
+            f.write(b"\0" * 16)
+
+    zone, jnl = damaged_copy(seeded, tmp_path, placeholder)
+    [damage] = check_journals([(ZONE, jnl)])
+    assert f"empty transaction at byte {offset}" in damage.problem, damage
+    assert damage.header_end_serial == header.end_serial
+    assert damage.intact_serial == before
+    assert damage.intact_bytes == offset
+    assert damage.bind_says and "empty transaction" in damage.bind_says
+    assert loaded_serial(zone) is None  # named-checkzone -j: "journal rollforward failed"
+    # The runbook's repair: keep the intact part; BIND then loads the serial before it.
+    intact = tmp_path / "intact.jnl"
+    intact.write_bytes(jnl.read_bytes()[:offset])
+    compiled = subprocess.run(["named-compilezone", "-j", "-J", str(intact), "-o", "-",
+                               ZONE, str(zone)], capture_output=True, text=True, timeout=10,
+                              check=False)
+    assert compiled.returncode == 0, compiled.stderr
+    assert f'"update {UPDATES - 2}"' in compiled.stdout
+    assert f'"update {UPDATES - 1}"' not in compiled.stdout
+
+
+def test_a_broken_serial_chain_is_caught(seeded, tmp_path):
+    """A transaction that does not start where the one before ended: BIND refuses it."""
+    offset, before = last_transaction(seeded[1])
+
+    def reserial(jnl: Path) -> None:
+        with jnl.open("r+b") as f:
+            f.seek(offset + 8)  # serial0 of journal_rawxhdr_t
+            f.write((before - 1).to_bytes(4, "big"))
+
+    zone, jnl = damaged_copy(seeded, tmp_path, reserial)
+    [damage] = check_journals([(ZONE, jnl)])
+    assert f"from serial {before - 1}, the one before ended at {before}" in damage.problem
+    assert journalprint(jnl).returncode == 1
+    assert loaded_serial(zone) is None  # "expected serial N, got N-1"
+
+
+def test_a_journal_older_than_what_named_served_is_damage(seeded, tmp_path):
+    """The restart after the volume failed under named: the serial that named served
+    from memory is the floor the volume must hold (else a new named would reuse its
+    serials with other contents). Equal or newer is sound; the floor is serial
+    arithmetic, so a wrap past 2**32 is newer, not older."""
+    zone, jnl = damaged_copy(seeded, tmp_path, lambda j: None)
+    end = header_of(jnl).end_serial
+    files = [(ZONE, zone.name)]
+    gate = JournalGate()
+    assert gate.check(tmp_path, files, served={ZONE: end}).sound
+    assert gate.check(tmp_path, files, served={ZONE: (end - 5) % 2**32}).sound
+    verdict = gate.check(tmp_path, files, served={ZONE: end + 1})
+    [damage] = verdict.damaged
+    assert verdict.news
+    assert f"ends at serial {end}, but named served serial {end + 1}" in damage.problem
+    assert gate.check(tmp_path, files, served={"other.example.": end + 9}).sound
+    assert gate.check(tmp_path, files).sound  # no floor: the header check alone
+    assert JournalGate().check(tmp_path, [(ZONE, "absent.zone")],
+                               served={ZONE: end + 1}).sound  # no journal, no floor
 
 
 def test_checking_a_thousand_journals_costs_milliseconds(seeded, tmp_path):
