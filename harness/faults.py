@@ -11,11 +11,13 @@ secondaries converge, no orphan) are checked by the runner, not here.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
@@ -26,6 +28,7 @@ from harness.bindlab import soa_serial
 from harness.invariants import possible_writers
 from harness.pods import MasterPod, configmap_update, wait_until
 from harness.procstate import can_run
+from harness.runbooks import repair_intact
 
 if TYPE_CHECKING:
     from harness.chaos import ChaosLab
@@ -312,6 +315,8 @@ def _volume_fault(c: ChaosLab, leader: MasterPod, kind: str) -> Outcome:
                                f"the {kind} volume")
     if restarted:
         since = time.monotonic()
+        if _acks_or_damaged(c, leader, since) == "journal-damaged":
+            _repair_after_full(c, leader, out)
         out.figures["new_named_acks_after_s"] = c.first_ack_from(leader, since, 30) - since
     out.expect(c.lab.holder() == leader.name, f"the leader changed during a {kind} volume")
     out.expect(_count(leader, "named.restart") == restarts_before + 1,
@@ -319,6 +324,39 @@ def _volume_fault(c: ChaosLab, leader: MasterPod, kind: str) -> Outcome:
     out.expect(not [p for p in named if can_run(p)],
                f"{leader.name}'s named from before the {kind} volume still runs")
     return out
+
+
+def _acks_or_damaged(c: ChaosLab, leader: MasterPod, since: float) -> str:
+    """What the leader's new named came to: "serving" (it acknowledges updates) or
+    "journal-damaged" (the journal check refused the volume's journal)."""
+    def outcome() -> str | None:
+        if any(a.server == leader.ip and a.sent >= since for a in list(c.writer.acks)):
+            return "serving"
+        return "journal-damaged" if _state(leader) == "journal-damaged" else None
+    return wait_until(outcome, 30, f"{leader.name} serves or reports journal-damaged")
+
+
+def _repair_after_full(c: ChaosLab, leader: MasterPod, out: Outcome) -> None:
+    """A full CephFS can leave a journal whose header moved past a transaction that
+    never committed (journal.py); the leader then keeps the fence and runs no named.
+    Checked: no named on it meanwhile, and the damage has an intact part (the refused
+    transaction is the only one lost); then the runbook's repair, as printed, after
+    which the same leader must start named by itself and lose no acknowledged update
+    (the round's checks)."""
+    found = RuntimeFiles(leader.work_dir).state.read_text()
+    damages = json.loads(found).get("journals_damaged") or []
+    out.figures["journal_damaged"] = len(damages)
+    out.figures["journal_problem"] = damages[0]["problem"][:160] if damages else None
+    time.sleep(c.timing["retryPeriod"] * 2)
+    out.expect(c.sampler.max_writers(time.monotonic() - c.timing["retryPeriod"]) == 0,
+               "a named ran on the damaged journal")
+    for damage in damages:
+        if not out.expect(damage.get("intact_bytes") is not None,
+                          f"no intact part in {damage}"):
+            return
+        name = Path(damage["journal"]).name.removesuffix(".jnl")
+        result = repair_intact(c.lab.shared, damage["zone"], name, damage["intact_bytes"])
+        out.expect(result.returncode == 0, f"the runbook repair failed: {result.stderr}")
 
 
 # -- corrupted .jnl ----------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import struct
 import subprocess
@@ -28,11 +27,11 @@ from bindha_rwx.journal import HEADER_SIZE, read_header
 from bindha_rwx.render import render_bootstrap_zone, render_primary
 from harness.bindlab import NamedProcess, keyring, load_pod_config, soa_serial, write_pod_config
 from harness.pods import MasterLab, MasterPod, samples, wait_until
+from harness.runbooks import repair_intact
 from tests.kube.test_master import scrape
 from tests.kube.test_ops import cli
 
 ZONE = "ha.example"
-RUNBOOK = Path(__file__).resolve().parents[2] / "docs/runbooks/journal-out-of-sync.md"
 
 
 def state(pod: MasterPod) -> dict[str, Any]:
@@ -51,14 +50,6 @@ def update(ip: str, key: Any, name: str) -> int:
 def events(lab: MasterLab, reason: str) -> list[Any]:
     return [e for e in lab.core.list_namespaced_event(lab.namespace).items
             if e.reason == reason]
-
-
-def runbook_block(marker: str) -> str:
-    """The shell block after ``<!-- test: marker -->`` in the runbook, as printed."""
-    text = RUNBOOK.read_text()
-    found = re.search(rf"<!-- test: {marker} -->\s*```sh\n(.*?)```", text, re.S)
-    assert found, f"no block marked {marker} in {RUNBOOK}"
-    return "\n".join(line.strip() for line in found.group(1).splitlines())
 
 
 def seed_journal(lab: MasterLab, tmp_path: Path, updates: int) -> Path:
@@ -110,10 +101,7 @@ def test_cut_journal_is_refused_until_the_runbook_repair(lab: MasterLab, tmp_pat
     wait_until(lambda: events(lab, "JournalDamaged"), 5, "Event JournalDamaged")
 
     # The runbook's repair, as printed there, run where the volume is mounted.
-    env = {**os.environ, "DYN": str(lab.shared), "ZONE": ZONE, "FILE": f"{ZONE}.zone",
-           "BYTES": str(damage["intact_bytes"])}
-    repair = subprocess.run(["sh", "-c", runbook_block("repair-intact")], env=env,
-                            capture_output=True, text=True, timeout=30)
+    repair = repair_intact(lab.shared, ZONE, f"{ZONE}.zone", damage["intact_bytes"])
     assert repair.returncode == 0, repair.stdout + repair.stderr
 
     leader = lab.leader(timeout=15)
