@@ -53,6 +53,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import dns.exception
+import dns.rdatatype
+import dns.zone
+
 from bindha_rwx import reaper
 from bindha_rwx.bindtools import BindToolError, find_tool
 from bindha_rwx.soa import serial_lt
@@ -84,6 +88,7 @@ class Damage:
     intact_serial: int | None = None  # the last complete transaction's serial, if known
     intact_bytes: int | None = None  # where that transaction ends in the file
     bind_says: str | None = None  # named-journalprint's words
+    served_serial: int | None = None  # a serial named served that the volume lacks
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items()
@@ -217,28 +222,43 @@ def walk_tail(fd: int, header: Header) -> str | None:
 
 
 def check_served_floor(zone: str, path: Path, served: int) -> Damage | None:
-    """Damage if the journal ends before ``served``, a serial named served from memory.
+    """Damage if the volume holds an older serial than ``served``, one that a running
+    named served from memory before the volume failed under it.
 
-    For the restart after the volume failed under a running named: that named served
-    ``served``, so the volume must hold it. If the journal ends older, the volume lost
-    updates named had acknowledged, and a new named would hand out their serials
-    again with other contents, which a secondary holding the old ones never transfers
-    (seen once on a full CephFS). Only zones with a journal are compared: one with no
-    journal has had no update since its zone file was written.
+    That named served ``served``, so the volume must hold it. If it holds an older one,
+    the volume lost updates named had acknowledged, and a new named would hand out
+    their serials again with other contents, which a secondary holding the old ones
+    never transfers (seen once on a full CephFS). The journal's header says the serial;
+    a zone with no journal, its zone file's SOA (read only on this rare path). Such a
+    journal has no intact part to keep: the zone must come from a secondary.
     """
     try:
         with path.open("rb") as f:
             header = read_header(f.read(HEADER_SIZE))
+        if header is None:
+            return None  # check_journal's to report
+        held: int | None = header.end_serial
     except FileNotFoundError:
-        return None
+        header, held = None, _zone_file_serial(zone, path.with_suffix(""))
     except OSError as exc:
         return Damage(zone, str(path), f"cannot be read: {exc.strerror}")
-    if header is None or not serial_lt(header.end_serial, served):
-        return None  # a bad header is check_journal's to report
-    return Damage(zone, str(path), f"ends at serial {header.end_serial}, but named served "
-                  f"serial {served} before the volume failed: the volume lost updates "
-                  f"named had acknowledged (a secondary may hold them)", header.end_serial,
-                  (header.begin_serial, header.begin_offset))
+    if held is None or not serial_lt(held, served):
+        return None
+    where = "ends" if header is not None else "is absent and the zone file is"
+    return Damage(zone, str(path), f"{where} at serial {held}, but named served serial "
+                  f"{served} before the volume failed: the volume lost updates named "
+                  f"had acknowledged; take the zone from a secondary at serial {served} "
+                  f"or newer", held, served_serial=served)
+
+
+def _zone_file_serial(zone: str, path: Path) -> int | None:
+    try:
+        parsed = dns.zone.from_file(str(path), origin=zone, relativize=False,
+                                    check_origin=False)
+        soa = parsed.find_rdataset(zone, dns.rdatatype.SOA)
+    except (OSError, dns.exception.DNSException, KeyError):
+        return None
+    return int(soa[0].serial)
 
 
 def check_journals(zones: Iterable[tuple[str, Path]],
@@ -262,6 +282,8 @@ def explain_all(damaged: list[Damage], explain: int = EXPLAIN_AT_MOST) -> list[D
 
 def explain_damage(damage: Damage, timeout: float = TOOL_TIMEOUT) -> Damage:
     """Add how far the journal is intact, in ``named-journalprint -x``'s words."""
+    if damage.served_serial is not None:
+        return damage  # intact, but older than what was served: no part of it to keep
     path = Path(damage.journal)
     try:
         tool = find_tool("named-journalprint")

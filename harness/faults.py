@@ -351,6 +351,9 @@ def _repair_after_full(c: ChaosLab, leader: MasterPod, out: Outcome) -> None:
     out.expect(c.sampler.max_writers(time.monotonic() - c.timing["retryPeriod"]) == 0,
                "a named ran on the damaged journal")
     for damage in damages:
+        if not out.expect(damage.get("served_serial") is None,
+                          f"the volume lost serials named served: {damage['problem']}"):
+            return
         if not out.expect(damage.get("intact_bytes") is not None,
                           f"no intact part in {damage}"):
             return

@@ -239,10 +239,17 @@ def test_a_journal_older_than_what_named_served_is_damage(seeded, tmp_path):
     [damage] = verdict.damaged
     assert verdict.news
     assert f"ends at serial {end}, but named served serial {end + 1}" in damage.problem
+    assert damage.served_serial == end + 1
+    assert damage.intact_serial is None and damage.bind_says is None  # nothing to keep
     assert gate.check(tmp_path, files, served={"other.example.": end + 9}).sound
     assert gate.check(tmp_path, files).sound  # no floor: the header check alone
     assert JournalGate().check(tmp_path, [(ZONE, "absent.zone")],
-                               served={ZONE: end + 1}).sound  # no journal, no floor
+                               served={ZONE: end + 1}).sound  # no zone at all: no floor
+    jnl.unlink()  # no journal: the zone file's own serial is what the volume holds
+    zone_serial = header_of(seeded[1]).begin_serial
+    assert JournalGate().check(tmp_path, files, served={ZONE: zone_serial}).sound
+    [damage] = JournalGate().check(tmp_path, files, served={ZONE: zone_serial + 1}).damaged
+    assert f"the zone file is at serial {zone_serial}, but named served" in damage.problem
 
 
 def test_checking_a_thousand_journals_costs_milliseconds(seeded, tmp_path):
