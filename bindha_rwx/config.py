@@ -72,10 +72,11 @@ class Timing:
 
 @dataclass(frozen=True)
 class Paths:
-    named_conf: Path = Path("/etc/named.conf")
+    # Defaults on the image's writable emptyDirs: the root filesystem is read-only.
+    named_conf: Path = Path("/var/run/bindha/named.conf")
     work_dir: Path = Path("/var/lib/named")
     dyn_dir: Path = Path("/var/lib/named/dyn")
-    role_file: Path = Path("/var/run/role")
+    role_file: Path = Path("/var/run/bindha/role")
     named: Path = Path("/usr/sbin/named")
     rndc: Path = Path("/usr/sbin/rndc")
     rndc_key: Path = Path("/var/lib/named/rndc.key")

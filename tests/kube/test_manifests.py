@@ -4,6 +4,7 @@ nothing on the deny list (SubjectAccessReview)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 from kubernetes import client, dynamic
 from kubernetes.client.exceptions import ApiException
 
+import bindha_rwx
 from tests.conftest import require
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
@@ -130,3 +132,55 @@ def _check_roles(api_client, namespace: str) -> None:
     for account, verb, resource, group, other in denied:
         assert not can(api_client, namespace, account, verb, resource, group, other), \
             (account, verb, resource, other)
+
+
+@pytest.mark.parametrize("path", OVERLAYS)
+def test_pods_pass_pod_security_restricted(kustomize, api_client, namespace, path):
+    """Pod Security "restricted" is enforced on pods, not on StatefulSets: a pod from
+    each StatefulSet's template, dry-run into a namespace that enforces it, must be
+    admitted (the real PodSecurity admission plugin of the test apiserver)."""
+    core = client.CoreV1Api(api_client)
+    core.patch_namespace(namespace, {"metadata": {"labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest"}}})
+    sets = [o for o in build(kustomize, path) if o["kind"] == "StatefulSet"]
+    assert len(sets) == 2
+    for sts in sets:
+        template, name = sts["spec"]["template"], f"{sts['metadata']['name']}-0"
+        spec = json.loads(json.dumps(template["spec"]))
+        for claim in sts["spec"].get("volumeClaimTemplates", []):  # as the controller does
+            claim_name = claim["metadata"]["name"]
+            spec.setdefault("volumes", []).append(
+                {"name": claim_name, "persistentVolumeClaim": {"claimName":
+                                                               f"{claim_name}-{name}"}})
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "labels": template["metadata"]["labels"]},
+               "spec": spec}
+        try:
+            core.create_namespaced_pod(namespace, pod, dry_run="All")
+        except ApiException as exc:
+            pytest.fail(f"{path}: a pod of {sts['metadata']['name']} is refused under "
+                        f"restricted: {exc.status} {exc.body}")
+    # The check has teeth: the same pod without runAsNonRoot is refused.
+    bad = json.loads(json.dumps(pod))
+    del bad["spec"]["securityContext"]["runAsNonRoot"]
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_pod(namespace, bad, dry_run="All")
+    assert refused.value.status == 403 and "runAsNonRoot" in refused.value.body
+
+
+@pytest.mark.parametrize("path", OVERLAYS)
+def test_what_a_user_applies_is_safe_to_reapply(kustomize, path):
+    """No Secret (an example key re-applied over the user's own would be public and
+    silently break every client's TSIG); a versioned image, never pulled for :latest;
+    PDBs that let a drain evict a pod that is not Ready."""
+    objects = build(kustomize, path)
+    assert not [o for o in objects if o["kind"] == "Secret"]
+    for sts in (o for o in objects if o["kind"] == "StatefulSet"):
+        for container in sts["spec"]["template"]["spec"]["containers"]:
+            image = container["image"]
+            assert image == f"bindha-rwx:{bindha_rwx.__version__}", image
+            assert container.get("imagePullPolicy") == "IfNotPresent"
+    pdbs = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
+    assert len(pdbs) == 2
+    assert all(p["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow" for p in pdbs)

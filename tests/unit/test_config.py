@@ -47,9 +47,9 @@ def test_defaults_and_pod_env(key_files):
     config = parse(base(key_files))
     assert config.lease_name == "bind-master-leader"
     assert config.timing == Timing(10.0, 6.0, 2.0, 3.0)
-    assert str(config.paths.named_conf) == "/etc/named.conf"
+    assert str(config.paths.named_conf) == "/var/run/bindha/named.conf"
     assert str(config.paths.dyn_dir) == "/var/lib/named/dyn"
-    assert str(config.paths.role_file) == "/var/run/role"
+    assert str(config.paths.role_file) == "/var/run/bindha/role"
     assert (config.role_label.key, config.role_label.leader, config.role_label.standby) == (
         "role", "leader", "standby")
     assert (config.ports.dns, config.ports.rndc) == (53, 953)
