@@ -81,7 +81,14 @@ class SharedVolume:
         if not self.dyn_dir.is_dir():
             raise FenceError(f"{self.dyn_dir} (paths.dynDir) is not a directory: mount the "
                              "shared ReadWriteMany volume there")
-        self.meta_dir.mkdir(mode=0o755, exist_ok=True)
+        if not os.access(self.dyn_dir, os.W_OK | os.X_OK):
+            raise FenceError(_not_writable(self.dyn_dir))
+        try:
+            self.meta_dir.mkdir(mode=0o755, exist_ok=True)
+        except PermissionError:
+            raise FenceError(_not_writable(self.dyn_dir)) from None
+        if not os.access(self.meta_dir, os.W_OK | os.X_OK):
+            raise FenceError(_not_writable(self.meta_dir))
 
     def _read_int(self, path: Path) -> int:
         try:
@@ -143,3 +150,18 @@ class SharedVolume:
 
     def write_owner(self, owner: Owner) -> None:
         atomic_write(self.owner_file, json.dumps(asdict(owner), indent=1) + "\n")
+
+
+def _not_writable(path: Path) -> str:
+    """Why this pod cannot use ``path``, and the fix: fsGroup is not applied to most RWX
+    volumes (hostPath, Manila NFS with fsGroupPolicy None), so a share that root owns
+    stays closed to the image's uid 101 whatever the pod spec says."""
+    try:
+        st = path.stat()
+        owner = f"owned by uid {st.st_uid} gid {st.st_gid}, mode {st.st_mode & 0o7777:04o}"
+    except OSError as exc:
+        owner = f"not readable ({exc.strerror})"
+    return (f"{path} is {owner}: uid {os.getuid()} (this pod) cannot write there. "
+            f"fsGroup is not applied to most ReadWriteMany volumes, so give the share to "
+            f"the pods' user once, as root where it is mounted: chown -R {os.getuid()}:"
+            f"{os.getgid()} <share> (docs/deploy.md, \"The shared volume's owner\")")

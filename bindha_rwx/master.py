@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 import time
 from enum import Enum
@@ -169,7 +170,12 @@ class Master:
     def run(self) -> int:
         self.runtime.ensure()
         self.runtime.beat()
-        self.volume.ensure()
+        try:
+            self.volume.ensure()
+        except FenceError as exc:  # a deployment error: say it and exit 2, no traceback
+            log.error("supervisor.volume_unusable", error=str(exc), exit=2)
+            print(f"bindha-rwx run: {exc}", file=sys.stderr)
+            return 2
         ensure_key_file(self.config.paths.rndc_key, RNDC_KEY_NAME)
         log.info("supervisor.start", pod=self.config.pod.name, namespace=self.config.namespace,
                  lease=self.config.lease_name, dyn_dir=str(self.config.paths.dyn_dir),
