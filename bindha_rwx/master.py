@@ -63,6 +63,7 @@ from bindha_rwx.election import (
 from bindha_rwx.fenceholder import FenceHolder, backoff
 from bindha_rwx.fencing import FenceError, SharedVolume
 from bindha_rwx.files import atomic_write
+from bindha_rwx.httpserver import HttpEndpoint, verdict_route
 from bindha_rwx.journal import RUNBOOK as JOURNAL_RUNBOOK
 from bindha_rwx.journal import (
     check_journals,
@@ -73,7 +74,7 @@ from bindha_rwx.kube import Publisher
 from bindha_rwx.log import get_logger
 from bindha_rwx.metrics import Metrics
 from bindha_rwx.named import REAP_GRACE, NamedError, NamedProcess, RestartPolicy, Rndc
-from bindha_rwx.probes import RuntimeFiles, write_role_file
+from bindha_rwx.probes import RuntimeFiles, probe_live, probe_ready, write_role_file
 from bindha_rwx.reload import ConfigSource, applied, candidate, refused
 from bindha_rwx.render import RNDC_KEY_NAME, render_bootstrap_zone, render_primary
 from bindha_rwx.reporter import Reporter
@@ -115,6 +116,9 @@ class Master:
         self.lease = LeaseClient(api, config.namespace, config.lease_name)
         self._wake = threading.Event()
         self.metrics = Metrics()
+        self.http = HttpEndpoint({"/metrics": self.metrics.route,
+                                  "/healthz": verdict_route(lambda: probe_live(config)),
+                                  "/readyz": verdict_route(lambda: probe_ready(config))})
         self.publisher = Publisher(api, config, timeout=timing.retry_period)
         self.scaffold = Scaffold(named=lambda: [self.named, *self._leftovers],
                                  event=self.publisher.event, wake=self._wake.set)
@@ -187,8 +191,9 @@ class Master:
         self._set_role_standby(publish=True)
         if self.config.ports.metrics:
             address = self.config.pod.ip or self.config.local_address
-            port = self.metrics.serve(address, self.config.ports.metrics)
-            log.info("metrics.listening", url=f"http://{address}:{port}/metrics")
+            port = self.http.serve(address, self.config.ports.metrics)
+            log.info("http.listening", url=f"http://{address}:{port}/",
+                     paths=sorted(self.http.routes))
         self.publisher.start()
         budgets = thread_budgets(self.config)
         start = self.threads.start
@@ -633,7 +638,7 @@ class Master:
         if was_leader:
             self.publisher.event("LeaderReleased", "graceful handover on termination")
         self.publisher.stop()
-        self.metrics.close()
+        self.http.close()
         log.info("supervisor.stopped", seconds=round(time.monotonic() - started, 3),
                  was_leader=was_leader)
 

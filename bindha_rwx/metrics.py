@@ -1,13 +1,11 @@
-"""Prometheus metrics: a few named values and the text exposition format, served over
-HTTP by a daemon thread. Scrapes never touch the supervisor's other threads: they read
+"""Prometheus metrics: a few named values and the text exposition format, served by
+bindha_rwx.httpserver. Scrapes never touch the supervisor's other threads: they read
 numbers under a short lock. The bottom layer: it imports nothing from the package.
 """
 
 from __future__ import annotations
 
-import socketserver
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PREFIX = "bindha"
 
@@ -40,7 +38,6 @@ class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        self._server: ThreadingHTTPServer | None = None
 
     def set(self, name: str, value: float, **labels: str) -> None:
         assert name in DEFINITIONS, name
@@ -77,46 +74,9 @@ class Metrics:
                              else f"{full} {value:g}")
         return "\n".join(lines) + "\n"
 
-    def serve(self, address: str, port: int) -> int:
-        """Serve GET /metrics on address:port (0: any free port); returns the port."""
-        metrics = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.split("?")[0] != "/metrics":
-                    self.send_error(404, "only /metrics here")
-                    return
-                body = metrics.render().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_args: object) -> None:
-                pass  # scrapes are not events
-
-        self._server = _Server((address, port), Handler)
-        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
-        return int(self._server.server_address[1])
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-
-class _Server(ThreadingHTTPServer):
-    """HTTPServer.server_bind() looks up the address's FQDN: a reverse DNS query that
-    blocked the supervisor's start for 10 s where no resolver answers (seen in the
-    tests' network namespaces). The name is never used; skip the lookup."""
-
-    daemon_threads = True
-
-    def server_bind(self) -> None:
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
+    def route(self) -> tuple[int, str, bytes]:
+        """GET /metrics for bindha_rwx.httpserver."""
+        return 200, "text/plain; version=0.0.4; charset=utf-8", self.render().encode()
 
 
 def _escape(value: str) -> str:

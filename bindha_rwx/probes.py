@@ -136,7 +136,7 @@ def probe_ready(config: Config) -> tuple[bool, str]:
     if state.role in ("leader", "secondary"):
         if state.role == "secondary" and state.state != "following":
             return False, "secondary: no leader known yet"
-        return _named_answers(config, deadline)
+        return _named_answers(config, deadline, state.role)
     if state.state == "journal-damaged":
         return False, f"journal damaged: {state.detail}"
     said = f"; {state.detail}" if state.detail else ""
@@ -149,7 +149,7 @@ def probe_ready(config: Config) -> tuple[bool, str]:
     return True, f"standby: Lease watch connected, shared volume readable{said}"
 
 
-def _named_answers(config: Config, deadline: float) -> tuple[bool, str]:
+def _named_answers(config: Config, deadline: float, role: str) -> tuple[bool, str]:
     for zone in config.zones:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -162,7 +162,7 @@ def _named_answers(config: Config, deadline: float) -> tuple[bool, str]:
             return False, f"named does not answer SOA {zone.name}: {type(exc).__name__}"
         if answer.rcode() != dns.rcode.NOERROR or not answer.answer:
             return False, f"named answers {dns.rcode.to_text(answer.rcode())} for {zone.name}"
-    return True, f"leader: named answers all {len(config.zones)} zones"
+    return True, f"{role}: named answers all {len(config.zones)} zones"
 
 
 def _readable(path: Path, timeout: float) -> bool:

@@ -34,10 +34,11 @@ from bindha_rwx.bindtools import BindToolError, check_conf, ensure_key_file
 from bindha_rwx.config import Config
 from bindha_rwx.election import LEADER_IP_ANNOTATION, LeaseClient, LeaseRecord, LeaseWatcher
 from bindha_rwx.files import atomic_write
+from bindha_rwx.httpserver import HttpEndpoint, verdict_route
 from bindha_rwx.kube import Publisher
 from bindha_rwx.log import get_logger
 from bindha_rwx.named import NamedError, NamedProcess, RestartPolicy, Rndc
-from bindha_rwx.probes import RunState, RuntimeFiles, write_role_file
+from bindha_rwx.probes import RunState, RuntimeFiles, probe_live, probe_ready, write_role_file
 from bindha_rwx.reload import ConfigSource, applied, candidate
 from bindha_rwx.render import RNDC_KEY_NAME, render_secondary
 from bindha_rwx.scaffold import Scaffold
@@ -129,6 +130,9 @@ class Secondary:
         self.restarts = RestartPolicy(max_crashes=10**9, max_delay=config.timing.lease_duration)
         self.refresher = Refresher()
         self._wake = threading.Event()
+        # Probes only: a secondary's figures are named's (statistics-channels).
+        self.http = HttpEndpoint({"/healthz": verdict_route(lambda: probe_live(config)),
+                                  "/readyz": verdict_route(lambda: probe_ready(config))})
         self.scaffold = Scaffold(named=lambda: [self.named], event=self.publisher.event,
                                  wake=self._wake.set)
         self.shutdown = self.scaffold.shutdown
@@ -176,10 +180,18 @@ class Secondary:
             self.wanted_primary = last
         log.info("secondary.start", pod=self.config.pod.name, lease=self.config.lease_name,
                  last_primary=last or None)
+        if self.config.ports.metrics:  # the kubelet's probes
+            address = self.config.pod.ip or self.config.local_address
+            port = self.http.serve(address, self.config.ports.metrics)
+            log.info("http.listening", url=f"http://{address}:{port}/",
+                     paths=sorted(self.http.routes))
         self.publisher.start()
         self.scaffold.threads.start("watcher", self.watcher.run)
         self.scaffold.threads.start("controller", self._control)
-        return self.scaffold.serve("secondary.exit")
+        try:
+            return self.scaffold.serve("secondary.exit")
+        finally:
+            self.http.close()
 
     def _observe(self, record: LeaseRecord | None) -> None:
         """Watcher thread: a Lease with a holder names our primary."""

@@ -489,3 +489,19 @@ def _configuration(kubeconfig: Path) -> client.Configuration:
     kube_config.load_kube_config(config_file=str(kubeconfig),
                                  client_configuration=configuration)
     return configuration
+
+
+def http_probe(pod: Any, path: str, timeout: float = 1.0) -> tuple[int, str] | None:
+    """GET ``path`` (/healthz, /readyz) from the pod's HTTP endpoint as the kubelet does:
+    (status, body), or None when it does not answer within ``timeout``."""
+    import urllib.error
+    import urllib.request
+
+    url = f"http://{pod.ip}:{pod.config.ports.metrics}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            return int(answer.status), answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
+    except (TimeoutError, urllib.error.URLError, ConnectionError):
+        return None

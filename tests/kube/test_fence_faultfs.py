@@ -25,7 +25,7 @@ from bindha_rwx.master import thread_budgets
 from bindha_rwx.scaffold import EXIT_THREAD_DIED
 from harness.bindlab import keyring
 from harness.faultfs import FaultVolume, PodMount, unavailable
-from harness.pods import MasterLab, MasterPod, samples, wait_until
+from harness.pods import MasterLab, MasterPod, http_probe, samples, wait_until
 from tests.conftest import require
 
 pytestmark = [pytest.mark.faultfs, pytest.mark.kube, pytest.mark.named, pytest.mark.root]
@@ -199,6 +199,9 @@ def test_a_hung_volume_under_the_leader_ends_its_supervisor(mounted: Mounted):
                "the guard kills named: the lock is not fresh")
     assert time.monotonic() - hung_at <= T["deadline"] + T["retry"] + 1.5
     wait_until(lambda: _probe_live(leader).returncode == 1, budget + 5, "probe live fails")
+    answer = http_probe(leader, "/healthz")  # its HTTP thread answers: 503, and why
+    assert answer is not None and answer[0] == 503 and "made no progress" in answer[1], \
+        answer
     wait_until(lambda: lab.holder() == standby.name, budget + T["lease"] + 10,
                "the standby gets the Lease once the hung supervisor ended")
     for _ in samples(T["lease"], 0.1):

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from harness.pods import MasterLab, _is_running_named, samples, wait_until
+from harness.pods import MasterLab, _is_running_named, http_probe, samples, wait_until
 from harness.writer import UpdateWriter, served_names
 
 ZONE = "ha.example."
@@ -151,12 +151,19 @@ def test_frozen_supervisor_fails_liveness_and_keeps_the_standby_out(lab: MasterL
     leader = lab.leader()
     standby = next(p for p in lab.pods if p is not leader)
     assert probe(leader, "live").returncode == 0
+    # The HTTP probes the manifests use give the exec probes' verdicts.
+    assert http_probe(leader, "/healthz")[0] == 200
+    assert wait_until(lambda: http_probe(leader, "/readyz"), 10, "readyz")[0] == 200
+    ready = http_probe(standby, "/readyz")
+    assert ready is not None and ready[0] == 200 and "standby" in ready[1], ready
+    assert http_probe(leader, "/nothing")[0] == 404
     leader.signal(signal.SIGSTOP)  # named keeps running: only the supervisor hangs
     frozen_at = time.monotonic()
     wait_until(lambda: probe(leader, "live").returncode == 1, T["deadline"] + 3,
                "probe live fails")
     assert time.monotonic() - frozen_at <= T["deadline"] + 1.5
     assert "hung or frozen" in probe(leader, "live").stdout
+    assert http_probe(leader, "/healthz", timeout=1.0) is None  # a frozen one: no answer
     wait_until(lambda: lab.holder() == standby.name, T["lease"] + 10, "standby gets the Lease")
     for _ in samples(T["lease"], 0.1):
         assert standby.named_processes() == []

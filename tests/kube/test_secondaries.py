@@ -26,7 +26,7 @@ from bindha_rwx.probes import RuntimeFiles, probe_live
 from bindha_rwx.soa import ask_serials
 from harness.bindlab import keyring
 from harness.netlab import NetLab
-from harness.pods import MasterLab, MasterPod, all_named, wait_until
+from harness.pods import MasterLab, MasterPod, all_named, http_probe, wait_until
 
 ZONE = "ha.example."
 
@@ -113,6 +113,12 @@ def test_secondaries_follow_the_new_leader(lab: MasterLab):
     lab.publish_endpoints([s.ip for s in secondaries])
     update(leader, "before")
     wait_until(lambda: converged(secondaries, leader), 10, "secondaries converge")
+    for s in secondaries:  # the manifests' HTTP probes, on the secondary's own endpoint
+        assert http_probe(s, "/healthz")[0] == 200
+        ready = wait_until(lambda s=s: (r := http_probe(s, "/readyz")) and r[0] == 200 and r,
+                           10, "readyz")
+        assert "named answers all" in ready[1], ready
+        assert http_probe(s, "/metrics")[0] == 404  # a secondary's figures are named's
 
     leader.signal(signal.SIGTERM)
     assert leader.wait_exit(10) == 0
