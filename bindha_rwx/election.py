@@ -480,7 +480,7 @@ class Elector:
             if self._role is Role.LEADER:
                 self._renewed_at = sent
         self.metrics.inc("renewals_total")
-        self.metrics.set("renew_latency_seconds", self.clock() - sent)
+        self.metrics.observe("lease_renew_duration_seconds", self.clock() - sent)
         self.observe(written)
 
     def _lose(self, reason: str) -> None:

@@ -165,7 +165,9 @@ class Master:
         self.volume_probe = VolumeProbe(
             self.volume.meta_dir / f"probe.{config.pod.name}", interval=timing.retry_period,
             timeout=max(1.0, 2 * timing.retry_period), active=lambda: True,
-            on_change=self._volume_changed)
+            on_change=self._volume_changed,
+            on_sample=lambda seconds: self.metrics.observe("volume_write_duration_seconds",
+                                                           seconds))
         self.reporter = Reporter(config, self.metrics, self.runtime, self.publisher,
                                  self.volume_probe.path)
 

@@ -1,11 +1,26 @@
-"""Prometheus metrics: a few named values and the text exposition format, served by
-bindha_rwx.httpserver. Scrapes never touch the supervisor's other threads: they read
-numbers under a short lock. The bottom layer: it imports nothing from the package.
+"""Prometheus metrics through prometheus_client, served by bindha_rwx.httpserver.
+
+The supervisor's values (gauges and counters it sets from its threads) live in a small
+table under a short lock and reach Prometheus through a collector of our own, because
+some exist only while they mean something (``volume_writable`` only on the fence
+holder: ``remove``). Latencies are prometheus_client Histograms; the registry also
+holds the process and platform collectors and ``bindha_build_info``. Scrapes never
+touch the supervisor's other threads. The bottom layer: it imports nothing from the
+package but its version.
 """
 
 from __future__ import annotations
 
+import platform
 import threading
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from bindha_rwx import __version__
 
 PREFIX = "bindha"
 
@@ -15,8 +30,8 @@ DEFINITIONS: dict[str, tuple[str, str]] = {
     "leader_transitions": ("gauge", "leaseTransitions of the Lease, as last seen"),
     "renewals_total": ("counter", "successful Lease renewals by this pod"),
     "renew_failures_total": ("counter", "failed Lease renewal attempts by this pod"),
-    "renew_latency_seconds": ("gauge", "duration of the last successful Lease renewal"),
-    "fence_blocked_seconds": ("gauge", "seconds this pod has been blocked on the fence now"),
+    "fence_blocked_duration_seconds": ("gauge", "how long this pod has been blocked on the "
+                                       "fence in the current spell (0 when not)"),
     "fence_blocked_seconds_total": ("counter", "seconds spent blocked on the fence, ended"),
     "named_restarts_total": ("counter", "named crashes that led to a restart or step-down"),
     "config_reload_success": ("gauge", "1 if the last config change was applied, 0 refused"),
@@ -29,8 +44,19 @@ DEFINITIONS: dict[str, tuple[str, str]] = {
     "volume_writable": ("gauge", "1 if the last write probe of the shared volume succeeded, "
                         "0 if not (set while this pod holds the fence)"),
     "volume_probe_failures_total": ("counter", "times the shared volume turned unwritable"),
-    "volume_write_seconds": ("gauge", "duration of the last write + fsync in .bindha/"),
     "volume_free_bytes": ("gauge", "free bytes on the shared volume, as of the last probe"),
+}
+
+
+# name -> (help, bucket upper bounds in seconds)
+HISTOGRAMS: dict[str, tuple[str, tuple[float, ...]]] = {
+    "lease_renew_duration_seconds": (
+        "duration of successful Lease renewals (one API round trip each)",
+        (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)),
+    "volume_write_duration_seconds": (
+        "duration of the shared volume's write probe (write + fsync in .bindha/): the "
+        "storage latency every acknowledged update also pays",
+        (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)),
 }
 
 
@@ -38,6 +64,16 @@ class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.registry.register(_Table(self))
+        self._histograms = {name: Histogram(f"{PREFIX}_{name}", text, buckets=buckets,
+                                            registry=self.registry)
+                            for name, (text, buckets) in HISTOGRAMS.items()}
+
+    def observe(self, name: str, seconds: float) -> None:
+        self._histograms[name].observe(seconds)
 
     def set(self, name: str, value: float, **labels: str) -> None:
         assert name in DEFINITIONS, name
@@ -59,25 +95,40 @@ class Metrics:
         with self._lock:
             return self._values.get((name, tuple(sorted(labels.items()))), 0.0)
 
-    def render(self) -> str:
+    def snapshot(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         with self._lock:
-            values = dict(self._values)
-        lines = []
-        for name, (kind, text) in DEFINITIONS.items():
-            full = f"{PREFIX}_{name}"
-            lines += [f"# HELP {full} {text}", f"# TYPE {full} {kind}"]
-            for (metric, labels), value in sorted(values.items()):
-                if metric != name:
-                    continue
-                label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-                lines.append(f"{full}{{{label_text}}} {value:g}" if label_text
-                             else f"{full} {value:g}")
-        return "\n".join(lines) + "\n"
+            return dict(self._values)
+
+    def render(self) -> str:
+        return generate_latest(self.registry).decode()
 
     def route(self) -> tuple[int, str, bytes]:
         """GET /metrics for bindha_rwx.httpserver."""
-        return 200, "text/plain; version=0.0.4; charset=utf-8", self.render().encode()
+        return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class _Table(Collector):
+    """The table's values as metric families, plus bindha_build_info."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        values = self.metrics.snapshot()
+        info = GaugeMetricFamily(f"{PREFIX}_build_info", "the running version: always 1",
+                                 labels=["version", "python"])
+        info.add_metric([__version__, platform.python_version()], 1)
+        yield info
+        for name, (kind, text) in DEFINITIONS.items():
+            mine = sorted((labels, value) for (metric, labels), value in values.items()
+                          if metric == name)
+            names = sorted({k for labels, _ in mine for k, _ in labels})
+            family: GaugeMetricFamily | CounterMetricFamily
+            if kind == "counter":
+                family = CounterMetricFamily(f"{PREFIX}_{name}", text, labels=names)
+            else:
+                family = GaugeMetricFamily(f"{PREFIX}_{name}", text, labels=names)
+            for labels, value in mine:
+                given = dict(labels)
+                family.add_metric([given.get(k, "") for k in names], value)
+            yield family

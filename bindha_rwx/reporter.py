@@ -64,10 +64,8 @@ class Reporter:
         for value in (labels.leader, labels.standby):
             self.metrics.set("role", 1 if value == getattr(labels, role) else 0, role=value)
         self.metrics.set("epoch", epoch or 0)
-        self.metrics.set("fence_blocked_seconds", blocked_for)
+        self.metrics.set("fence_blocked_duration_seconds", blocked_for)
         self.metrics.set("also_notify_targets", notify_targets)
-        if health.seconds is not None:
-            self.metrics.set("volume_write_seconds", health.seconds)
         if health.free_bytes is not None:
             self.metrics.set("volume_free_bytes", health.free_bytes)
         detail = None

@@ -83,12 +83,15 @@ class VolumeProbe:
 
     def __init__(self, path: Path, interval: float, timeout: float,
                  active: Callable[[], bool],
-                 on_change: Callable[[VolumeHealth, VolumeHealth], None]) -> None:
+                 on_change: Callable[[VolumeHealth, VolumeHealth], None],
+                 on_sample: Callable[[float], None] = lambda _seconds: None) -> None:
+        """``on_sample(seconds)``: each finished write + fsync's duration (a histogram)."""
         self.path = path
         self.interval = interval
         self.timeout = timeout
         self.active = active
         self.on_change = on_change
+        self.on_sample = on_sample
         self._lock = threading.Lock()
         self._health = VolumeHealth(None)
         self._stop = threading.Event()
@@ -132,6 +135,7 @@ class VolumeProbe:
             health = VolumeHealth(False, describe(result))
         else:
             health = VolumeHealth(True, None, result[0], result[1])
+            self.on_sample(result[0])
         self._set(health)
         return health
 

@@ -8,11 +8,13 @@ generous and prove invariants; speed is measured in benchmarks/.
 
 from __future__ import annotations
 
+import platform
 import signal
 import subprocess
 import sys
 import time
 
+import bindha_rwx
 from harness.pods import MasterLab, _is_running_named, http_probe, samples, wait_until
 from harness.writer import UpdateWriter, served_names
 
@@ -227,7 +229,13 @@ def test_metrics_say_who_leads(lab: MasterLab):
     assert mine['bindha_role{role="leader"}'] == 1 and mine['bindha_role{role="standby"}'] == 0
     assert theirs['bindha_role{role="standby"}'] == 1
     assert mine["bindha_epoch"] == lab.volume.read_epoch() and theirs["bindha_epoch"] == 0
-    assert 0 < mine["bindha_renew_latency_seconds"] < T["deadline"]
+    renewals = mine["bindha_lease_renew_duration_seconds_count"]
+    assert renewals >= 2 and 0 < mine["bindha_lease_renew_duration_seconds_sum"] / renewals \
+        < T["deadline"]
+    assert mine['bindha_lease_renew_duration_seconds_bucket{le="+Inf"}'] == renewals
+    assert mine[f'bindha_build_info{{python="{platform.python_version()}",version='
+                f'"{bindha_rwx.__version__}"}}'] == 1
+    assert mine["process_resident_memory_bytes"] > 10e6  # prometheus_client's collector
     assert theirs.get("bindha_renewals_total", 0) == 0
     leader.named_processes()[0].kill()
     wait_until(lambda: scrape(leader).get("bindha_named_restarts_total", 0) == 1, 5,
