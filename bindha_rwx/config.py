@@ -98,7 +98,8 @@ class RoleLabel:
 class Ports:
     dns: int = 53
     rndc: int = 953
-    metrics: int = 9110  # Prometheus /metrics of the supervisor; 0 turns it off
+    metrics: int = 9110  # the supervisor's HTTP endpoint (/metrics, probes); 0: off
+    stats: int = 8053  # named's statistics-channels at localAddress (read by /metrics); 0: off
 
 
 @dataclass(frozen=True)
@@ -579,15 +580,20 @@ class _Reader:
         return label
 
     def ports(self, value: Any) -> Ports:
-        data = self.mapping(value, "ports", ("dns", "rndc", "metrics"))
+        data = self.mapping(value, "ports", ("dns", "rndc", "metrics", "stats"))
         ports = Ports(dns=self.integer(data, "dns", "ports", 53, 1, 65535),
                       rndc=self.integer(data, "rndc", "ports", 953, 1, 65535),
-                      metrics=self.integer(data, "metrics", "ports", 9110, 0, 65535))
+                      metrics=self.integer(data, "metrics", "ports", 9110, 0, 65535),
+                      stats=self.integer(data, "stats", "ports", 8053, 0, 65535))
         if ports.dns == ports.rndc:
             self.problem("ports.rndc", f"{ports.rndc} equals ports.dns: use another port")
         if ports.metrics in (ports.dns, ports.rndc):
             self.problem("ports.metrics", f"{ports.metrics} is taken by ports.dns or "
                          "ports.rndc: use another port, or 0 to turn metrics off")
+        if ports.stats and ports.stats in (ports.dns, ports.rndc, ports.metrics):
+            self.problem("ports.stats", f"{ports.stats} is taken by ports.dns, ports.rndc or "
+                         "ports.metrics: use another port, or 0 to turn named's statistics "
+                         "off")
         return ports
 
     def keys(self, value: Any) -> dict[str, TsigKey]:

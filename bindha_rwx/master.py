@@ -74,6 +74,7 @@ from bindha_rwx.kube import Publisher
 from bindha_rwx.log import get_logger
 from bindha_rwx.metrics import Metrics
 from bindha_rwx.named import REAP_GRACE, NamedError, NamedProcess, RestartPolicy, Rndc
+from bindha_rwx.namedstats import named_stats
 from bindha_rwx.probes import RuntimeFiles, probe_live, probe_ready, write_role_file
 from bindha_rwx.reload import ConfigSource, applied, candidate, refused
 from bindha_rwx.render import RNDC_KEY_NAME, render_bootstrap_zone, render_primary
@@ -115,7 +116,7 @@ class Master:
         self.runtime = RuntimeFiles(config.paths.work_dir)
         self.lease = LeaseClient(api, config.namespace, config.lease_name)
         self._wake = threading.Event()
-        self.metrics = Metrics()
+        self.metrics = Metrics(collectors=named_stats(config))
         self.http = HttpEndpoint({"/metrics": self.metrics.route,
                                   "/healthz": verdict_route(lambda: probe_live(config)),
                                   "/readyz": verdict_route(lambda: probe_ready(config))})

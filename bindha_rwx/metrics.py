@@ -24,7 +24,7 @@ from bindha_rwx import __version__
 
 PREFIX = "bindha"
 
-# name -> (type, help)
+# The master supervisor's values: name -> (type, help)
 DEFINITIONS: dict[str, tuple[str, str]] = {
     "role": ("gauge", "1 for the role this pod has now, per role label"),
     "leader_transitions": ("gauge", "leaseTransitions of the Lease, as last seen"),
@@ -48,6 +48,15 @@ DEFINITIONS: dict[str, tuple[str, str]] = {
 }
 
 
+# The secondary supervisor's values (its named's own counters: bindha_rwx.namedstats)
+SECONDARY_DEFINITIONS: dict[str, tuple[str, str]] = {
+    "zones_lagging": ("gauge", "zones whose serial here is older than the primary's, as of "
+                      "the last SOA pass"),
+    "zone_serial_lag": ("gauge", "the primary's serial minus this secondary's, per zone "
+                        "(RFC 1982; 0 when current), as of the last SOA pass"),
+    "primary_changes_total": ("counter", "times this secondary switched to a new primary"),
+}
+
 # name -> (help, bucket upper bounds in seconds)
 HISTOGRAMS: dict[str, tuple[str, tuple[float, ...]]] = {
     "lease_renew_duration_seconds": (
@@ -61,27 +70,34 @@ HISTOGRAMS: dict[str, tuple[str, tuple[float, ...]]] = {
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, definitions: dict[str, tuple[str, str]] | None = None,
+                 histograms: dict[str, tuple[str, tuple[float, ...]]] | None = None,
+                 collectors: tuple[Collector, ...] = ()) -> None:
+        """The master's metrics by default; ``collectors``: more, such as named's."""
+        self.definitions = DEFINITIONS if definitions is None else definitions
         self._lock = threading.Lock()
         self._values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self.registry.register(_Table(self))
+        for collector in collectors:
+            self.registry.register(collector)
+        chosen = HISTOGRAMS if histograms is None else histograms
         self._histograms = {name: Histogram(f"{PREFIX}_{name}", text, buckets=buckets,
                                             registry=self.registry)
-                            for name, (text, buckets) in HISTOGRAMS.items()}
+                            for name, (text, buckets) in chosen.items()}
 
     def observe(self, name: str, seconds: float) -> None:
         self._histograms[name].observe(seconds)
 
     def set(self, name: str, value: float, **labels: str) -> None:
-        assert name in DEFINITIONS, name
+        assert name in self.definitions, name
         with self._lock:
             self._values[(name, tuple(sorted(labels.items())))] = float(value)
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
-        assert name in DEFINITIONS, name
+        assert name in self.definitions, name
         key = (name, tuple(sorted(labels.items())))
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
@@ -90,6 +106,15 @@ class Metrics:
         """Drop a value that means nothing now (a gauge only the fence holder sets)."""
         with self._lock:
             self._values.pop((name, tuple(sorted(labels.items()))), None)
+
+    def replace_all(self, name: str, label: str, values: dict[str, float]) -> None:
+        """Every labelled value of ``name`` at once (a per-zone gauge after a pass)."""
+        assert name in self.definitions, name
+        with self._lock:
+            for key in [k for k in self._values if k[0] == name]:
+                del self._values[key]
+            for value_label, value in values.items():
+                self._values[(name, ((label, value_label),))] = float(value)
 
     def get(self, name: str, **labels: str) -> float:
         with self._lock:
@@ -119,7 +144,7 @@ class _Table(Collector):
                                  labels=["version", "python"])
         info.add_metric([__version__, platform.python_version()], 1)
         yield info
-        for name, (kind, text) in DEFINITIONS.items():
+        for name, (kind, text) in self.metrics.definitions.items():
             mine = sorted((labels, value) for (metric, labels), value in values.items()
                           if metric == name)
             names = sorted({k for labels, _ in mine for k, _ in labels})

@@ -27,7 +27,7 @@ def render_primary(config: Config, also_notify: Sequence[str] = ()) -> str:
     notify_targets = sorted(set(also_notify), key=_ip_sort_key)
     parts = [_header(config, "primary"), _includes(config), _acls(config),
              _options(config, "primary"),
-             _controls(config), _logging()]
+             _controls(config), _statistics(config), _logging()]
     parts += [_primary_zone(config, zone, notify_targets) for zone in config.zones]
     return "\n".join(parts)
 
@@ -42,7 +42,7 @@ def render_secondary(config: Config, primary_ip: str) -> str:
                            "zones with TSIG only: name a key from keys"], config.source)
     parts = [_header(config, "secondary"), _includes(config), _acls(config),
              _options(config, "secondary"),
-             _controls(config), _logging()]
+             _controls(config), _statistics(config), _logging()]
     parts += [_secondary_zone(config, zone, primary_ip) for zone in config.zones]
     return "\n".join(parts)
 
@@ -136,6 +136,16 @@ def _controls(config: Config) -> str:
     local = config.local_address
     return (f"controls {{\n{_INDENT}inet {local} port {config.ports.rndc} allow {{ {local}; }} "
             f'keys {{ "{RNDC_KEY_NAME}"; }};\n}};\n')
+
+
+def _statistics(config: Config) -> str:
+    """named's statistics-channels, for the supervisor only (localAddress): its /metrics
+    turns them into Prometheus series (bindha_rwx.namedstats), for both roles."""
+    if not config.ports.stats:
+        return ""
+    local = config.local_address
+    return (f"statistics-channels {{\n{_INDENT}inet {local} port {config.ports.stats} "
+            f"allow {{ {local}; }};\n}};\n")
 
 
 def _logging() -> str:

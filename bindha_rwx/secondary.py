@@ -37,7 +37,9 @@ from bindha_rwx.files import atomic_write
 from bindha_rwx.httpserver import HttpEndpoint, verdict_route
 from bindha_rwx.kube import Publisher
 from bindha_rwx.log import get_logger
+from bindha_rwx.metrics import SECONDARY_DEFINITIONS, Metrics
 from bindha_rwx.named import NamedError, NamedProcess, RestartPolicy, Rndc
+from bindha_rwx.namedstats import named_stats
 from bindha_rwx.probes import RunState, RuntimeFiles, probe_live, probe_ready, write_role_file
 from bindha_rwx.reload import ConfigSource, applied, candidate
 from bindha_rwx.render import RNDC_KEY_NAME, render_secondary
@@ -130,8 +132,10 @@ class Secondary:
         self.restarts = RestartPolicy(max_crashes=10**9, max_delay=config.timing.lease_duration)
         self.refresher = Refresher()
         self._wake = threading.Event()
-        # Probes only: a secondary's figures are named's (statistics-channels).
-        self.http = HttpEndpoint({"/healthz": verdict_route(lambda: probe_live(config)),
+        self.metrics = Metrics(SECONDARY_DEFINITIONS, histograms={},
+                               collectors=named_stats(config))
+        self.http = HttpEndpoint({"/metrics": self.metrics.route,
+                                  "/healthz": verdict_route(lambda: probe_live(config)),
                                   "/readyz": verdict_route(lambda: probe_ready(config))})
         self.scaffold = Scaffold(named=lambda: [self.named], event=self.publisher.event,
                                  wake=self._wake.set)
@@ -180,7 +184,7 @@ class Secondary:
             self.wanted_primary = last
         log.info("secondary.start", pod=self.config.pod.name, lease=self.config.lease_name,
                  last_primary=last or None)
-        if self.config.ports.metrics:  # the kubelet's probes
+        if self.config.ports.metrics:  # /metrics and the kubelet's probes
             address = self.config.pod.ip or self.config.local_address
             port = self.http.serve(address, self.config.ports.metrics)
             log.info("http.listening", url=f"http://{address}:{port}/",
@@ -280,6 +284,8 @@ class Secondary:
             self._beat()
             Rndc(self.config).reconfig(timeout=self._rndc_timeout)
         previous, self.primary = self.primary, primary
+        if previous is not None and previous != primary:
+            self.metrics.inc("primary_changes_total")
         self._render_needed = False
         self._follow_after = 0.0
         now = time.monotonic()
@@ -341,11 +347,14 @@ class Secondary:
         fresh, self._fresh_switch = self._fresh_switch, False
         lagging: list[str] = []
         behind = 0
+        lags: dict[str, float] = {}
         for zone in zones:
             their = theirs.get(zone)
             if their is None or zone not in heard:
                 continue  # unknown this pass
             our = ours.get(zone)
+            if our is not None:
+                lags[zone.rstrip(".")] = (their - our) % 2**32 if serial_lt(our, their) else 0
             if our is not None and not serial_lt(our, their):
                 self._lagging_since.pop(zone, None)
                 self._refresh_after.pop(zone, None)
@@ -362,6 +371,8 @@ class Secondary:
             backoff = min(backoff * 2, REFRESH_BACKOFF_MAX)  # 1 s, 2 s, 4 s ... while it lags
             self._refresh_after[zone] = (now + backoff, backoff)
             lagging.append(zone)
+        self.metrics.set("zones_lagging", behind)
+        self.metrics.replace_all("zone_serial_lag", "zone", lags)
         if lagging:
             log.info("zones.refresh", count=len(lagging), zones=lagging[:10],
                      after_switch=fresh)

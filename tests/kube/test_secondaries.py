@@ -24,9 +24,10 @@ import pytest
 
 from bindha_rwx.probes import RuntimeFiles, probe_live
 from bindha_rwx.soa import ask_serials
-from harness.bindlab import keyring
+from harness.bindlab import keyring, soa_serial
 from harness.netlab import NetLab
 from harness.pods import MasterLab, MasterPod, all_named, http_probe, wait_until
+from tests.kube.test_master import scrape
 
 ZONE = "ha.example."
 
@@ -118,7 +119,20 @@ def test_secondaries_follow_the_new_leader(lab: MasterLab):
         ready = wait_until(lambda s=s: (r := http_probe(s, "/readyz")) and r[0] == 200 and r,
                            10, "readyz")
         assert "named answers all" in ready[1], ready
-        assert http_probe(s, "/metrics")[0] == 404  # a secondary's figures are named's
+    # named's statistics channel through each supervisor's /metrics, both roles.
+    serial = soa_serial(leader.ip, ZONE)
+    lag = f'bindha_zone_serial_lag{{zone="{ZONE.rstrip(".")}"}}'
+    for s in secondaries:  # the lag gauges come with the secondary's next SOA pass
+        found = wait_until(lambda s=s: (f := scrape(s)).get(lag) == 0 and f, 10, "lag 0")
+        assert found["bindha_named_up"] == 1
+        assert found[f'bindha_named_zone_serial{{zone="{ZONE.rstrip(".")}"}}'] == serial
+        assert found["bindha_zones_lagging"] == 0
+        assert found['bindha_named_queries_total{type="SOA"}'] >= 1  # our SOA passes
+    mine = scrape(leader)
+    assert mine["bindha_named_up"] == 1
+    assert mine['bindha_named_server_stats_total{counter="UpdateDone"}'] >= 1
+    assert mine['bindha_named_server_stats_total{counter="XfrReqDone"}'] >= 1
+    assert mine['bindha_named_requests_total{opcode="UPDATE"}'] >= 1
 
     leader.signal(signal.SIGTERM)
     assert leader.wait_exit(10) == 0
@@ -132,6 +146,7 @@ def test_secondaries_follow_the_new_leader(lab: MasterLab):
     assert all(has_txt(s.ip, "after-failover") and has_txt(s.ip, "before") for s in secondaries)
     for s in secondaries:
         assert f"primaries {{ {new.ip} port 53" in s.config.paths.named_conf.read_text()
+        assert scrape(s)["bindha_primary_changes_total"] == 1
 
 
 def test_a_zone_added_by_config_is_served_everywhere_and_a_bad_config_is_refused(
