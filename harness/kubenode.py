@@ -471,6 +471,7 @@ class KubeNode:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"bindha-{self.name}-"))
         self.cgroup_root = f"/bindha-{self.name}"
         self.ip = ""
+        self.netns = ""
         self.socket = self.workdir / "containerd" / "containerd.sock"
         self.containerd: Component | None = None
         self.kubelet: Component | None = None
@@ -573,7 +574,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
             raise RuntimeError(f"node {self.name} is in use by another run")
         started = time.monotonic()
         self.ip = self.net.take(default_route=False)
-        netns = self.net.netns(self.ip)
+        netns = self.netns = self.net.netns(self.ip)
         made = [p for p in PRIVATE_PATHS if not Path(p).exists()]
         self.record = Record(self.name, str(self.workdir), netns, self.net.bridge,
                              self.cgroup_root, made_paths=made)
@@ -630,6 +631,20 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
     def import_image(self, archive: Path) -> None:
         """Import an OCI or docker archive into the node's CRI namespace (no registry)."""
         self.ctr("images", "import", "--platform", "linux/amd64", str(archive), timeout=600)
+
+    def task_pid(self, namespace: str, pod: str, container: str) -> int:
+        """Host pid of a running container, found by the kubelet's CRI labels."""
+        listed = self.ctr("containers", "list", "-q",
+                          f"labels.\"io.kubernetes.pod.namespace\"=={namespace}",
+                          f"labels.\"io.kubernetes.pod.name\"=={pod}",
+                          f"labels.\"io.kubernetes.container.name\"=={container}").stdout.split()
+        if not listed:
+            raise LookupError(f"no container {namespace}/{pod}/{container} on {self.name}")
+        for cid in listed:
+            out = self.ctr("tasks", "ps", cid, check=False).stdout.split()
+            if len(out) > 2 and out[2].isdigit():
+                return int(out[2])
+        raise LookupError(f"container {namespace}/{pod}/{container} has no task")
 
     def images(self) -> list[str]:
         out = self.ctr("images", "list", "-q").stdout

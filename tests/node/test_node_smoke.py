@@ -5,6 +5,7 @@ Every wait polls the API (harness.polling); nothing sleeps to synchronise.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -124,3 +125,28 @@ def test_delete_sends_sigterm_and_the_pod_goes_within_its_grace(
     assert (out / "signal").read_text().strip() == "TERM"
     # The trap ends the container at once: far inside the grace, no SIGKILL needed.
     assert took < grace / 2, f"deletion took {took:.1f}s"
+
+
+def test_nothing_on_the_node_routes_off_the_machine(node_lab: NodeLab, namespace: str) -> None:
+    """Neither the node's netns nor a pod's has a route to the machine's nameserver (or
+    anywhere off the machine): asked by `ip route get`, which sends nothing."""
+    nameservers = [line.split()[1] for line in Path("/etc/resolv.conf").read_text().splitlines()
+                   if line.startswith("nameserver") and len(line.split()) > 1]
+    targets = [*nameservers, "1.1.1.1"]
+    manifest = pod("isolated", "touch /tmp/ready; trap 'exit 0' TERM; "
+                               "while true; do sleep 0.1; done",
+                   nodeName=node_lab.node.name, terminationGracePeriodSeconds=2,
+                   container={"readinessProbe": {"exec": {"command": ["cat", "/tmp/ready"]},
+                                                 "periodSeconds": 1}})
+    node_lab.core.create_namespaced_pod(namespace, manifest)
+    wait_until(lambda: ready(node_lab.core, namespace, "isolated"), 60, "pod 'isolated' Ready",
+               interval=0.1)
+    pid = node_lab.node.task_pid(namespace, "isolated", "main")
+    for where in (["ip", "netns", "exec", node_lab.node.netns],
+                  ["nsenter", f"--net=/proc/{pid}/ns/net"]):
+        for target in targets:
+            route = subprocess.run([*where, "ip", "route", "get", target], capture_output=True,
+                                   text=True, timeout=10, check=False)
+            assert route.returncode != 0, f"{where}: {route.stdout}"
+            assert "unreachable" in route.stderr, route.stderr
+    assert Path(f"/proc/{pid}/root/etc/resolv.conf").read_text().strip() == ""
