@@ -286,6 +286,9 @@ class Record:
     cgroup_root: str
     pids: list[int] = field(default_factory=list)
     made_paths: list[str] = field(default_factory=list)
+    # Processes of the run that the node outlives if the run is killed (the apiserver),
+    # each with a string its command line must hold, so a reused pid is never hit.
+    adopted: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def path(self) -> Path:
@@ -296,13 +299,16 @@ class Record:
         self.path.write_text(json.dumps(self.__dict__))
 
 
-def clean_record(record: Record, remove_bridge: bool = True) -> list[str]:
+def clean_record(record: Record, remove_bridge: bool = True, adopted: bool = True
+                 ) -> list[str]:
     """Remove everything of one node: processes (ours by pid and by command line naming
     the node's dir, containers by the node's cgroups), cgroups, netns, dirs. Idempotent;
     returns what could not be removed."""
     marker = record.workdir
     ours = {p for p in record.pids if any(marker in a for a in _cmdline(p))}
     ours.update(_pids_with(marker))  # containerd, kubelet, the shims (-address <dir>/...)
+    if adopted:
+        ours.update(p for p, mark in record.adopted if any(mark in a for a in _cmdline(p)))
     for _ in range(3):
         # Frozen containers die only once thawed.
         for state in (CGROUP_FS / "freezer" / record.cgroup_root.lstrip("/")).rglob(
@@ -618,6 +624,13 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
         self.record.save()
         self.timings["kubelet-started"] = time.monotonic() - started
 
+    def adopt(self, pid: int, marker: str) -> None:
+        """Have ``cleanup`` stop ``pid`` too (its command line holding ``marker``) if this
+        run dies: the control plane's processes do not die with the harness."""
+        assert self.record is not None
+        self.record.adopted.append((pid, marker))
+        self.record.save()
+
     def _containerd_up(self) -> bool:
         assert self.containerd is not None
         self.containerd.check()
@@ -675,7 +688,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
             self.containerd.stop(10)
         if self.record is None:
             return []
-        left = clean_record(self.record, remove_bridge=False)
+        left = clean_record(self.record, remove_bridge=False, adopted=False)
         self.record = None
         return left
 

@@ -75,6 +75,8 @@ def node_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeLab]:
         node = KubeNode(parts, net, plane.url, ca, plane.admin_token)
         started = time.monotonic()
         node.start(images=[image])
+        assert plane.process is not None
+        node.adopt(plane.process.pid, str(plane.workdir))
         api = config.new_client_from_config(config_file=str(plane.kubeconfig))
         core = client.CoreV1Api(api)
 
