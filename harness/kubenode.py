@@ -43,6 +43,7 @@ BUILD_SCRIPT = ROOT / "scripts" / "build-kubenode.sh"
 RECORDS = Path("/run/bindha-kubenode")
 RUNC = Path("/usr/sbin/runc")
 CNI_BIN = Path("/usr/lib/cni")
+IMAGE_WORK = Path(os.environ.get("BINDHA_IMAGE_WORK", "/var/tmp/bindha-rwx-image"))
 CGROUP_FS = Path("/sys/fs/cgroup")
 # The v1 hierarchies the kubelet and runc use; the node's cgroup root is made in each.
 CGROUP_HIERARCHIES = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio",
@@ -55,6 +56,17 @@ PRIVATE_PATHS = ("/var/lib/kubelet", "/var/lib/cni", "/run/containerd", "/var/lo
 PAUSE_IMAGE = "docker.io/bindha/pause:1"
 TEST_IMAGE = "docker.io/bindha/testbox:1"
 IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def export_image(tag: str, out: Path, work: Path = IMAGE_WORK) -> Path:
+    """A docker-archive of ``tag`` from scripts/build-image.sh's buildah store, named
+    docker.io/library/<tag> as a pod's ``image: <tag>`` resolves (an OCI archive would
+    lose the docker.io/library prefix)."""
+    out.unlink(missing_ok=True)
+    _run(["buildah", "--root", str(work / "storage"), "--runroot", str(work / "run"),
+          "--storage-driver", "vfs", "push", "--quiet", tag,
+          f"docker-archive:{out}:docker.io/library/{tag}"], timeout=600)
+    return out
 
 
 def _layer(files: dict[str, Path | bytes]) -> bytes:
@@ -236,6 +248,15 @@ def _proc_state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return "Z"
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` in KiB (0 if it is gone)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
 
 
 def _make_cgroup_root(cgroup_root: str) -> None:
@@ -668,16 +689,10 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
         out: dict[str, int] = {}
         for pid in _pids_with(str(self.workdir)):
             cmd = _cmdline(pid)
-            if not cmd:
+            if not cmd or Path(cmd[0]).name in ("nsenter", "unshare", "sh"):
                 continue
             name = Path(cmd[0]).name
-            if name in ("nsenter", "unshare", "sh"):
-                continue
-            with contextlib.suppress(OSError, ValueError):
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        key = name if name not in out else f"{name}-{pid}"
-                        out[key] = int(line.split()[1])
+            out[name if name not in out else f"{name}-{pid}"] = rss_kib(pid)
         return out
 
     def stop(self) -> list[str]:

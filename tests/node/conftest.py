@@ -21,6 +21,7 @@ from harness.kubenode import (
     KubeNode,
     build_parts,
     pack_image,
+    rss_kib,
     test_image_files,
     unavailable,
 )
@@ -93,8 +94,12 @@ def node_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeLab]:
         print(f"\nnode: {node.name} at {node.ip}: "
               + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
         yield NodeLab(node, plane, api, timings)
-        print("\nnode RSS (MiB): " + ", ".join(
-            f"{k} {v / 1024:.0f}" for k, v in sorted(node.rss_kib().items())))
+        rss = node.rss_kib()
+        assert plane.process is not None and extras is not None
+        for component in (extras.scheduler, extras.controller_manager):
+            rss[component.name] = rss_kib(component.pid or 0)
+        rss["apiserver+etcd"] = rss_kib(plane.process.pid)
+        print("\nRSS (MiB): " + ", ".join(f"{k} {v / 1024:.0f}" for k, v in rss.items()))
     finally:
         left: list[str] = []
         marker = str(node.workdir) if node else ""
