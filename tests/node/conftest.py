@@ -108,7 +108,7 @@ def node_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeLab]:
         if extras is not None:
             extras.stop()
         plane.stop()
-        netns = [net.netns(ip) for ip in list(net._netns)]
+        netns = [node.netns] if node is not None and node.netns else []
         net.close()
         assert not left, f"left behind by the node: {left}"
         if node is not None:
