@@ -668,16 +668,17 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
 
     def task_pid(self, namespace: str, pod: str, container: str) -> int:
         """Host pid of a running container, found by the kubelet's CRI labels."""
-        listed = self.ctr("containers", "list", "-q",
-                          f"labels.\"io.kubernetes.pod.namespace\"=={namespace}",
-                          f"labels.\"io.kubernetes.pod.name\"=={pod}",
-                          f"labels.\"io.kubernetes.container.name\"=={container}").stdout.split()
+        # One filter, its terms joined by commas: separate filters would be OR'ed.
+        wanted = ",".join(f'labels."io.kubernetes.{key}"=={value}' for key, value in (
+            ("pod.namespace", namespace), ("pod.name", pod), ("container.name", container)))
+        listed = self.ctr("containers", "list", "-q", wanted).stdout.split()
         if not listed:
             raise LookupError(f"no container {namespace}/{pod}/{container} on {self.name}")
-        for cid in listed:
-            out = self.ctr("tasks", "ps", cid, check=False).stdout.split()
-            if len(out) > 2 and out[2].isdigit():
-                return int(out[2])
+        # `tasks ls` gives each task's init pid (`tasks ps` lists its children too).
+        for line in self.ctr("tasks", "ls").stdout.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 3 and fields[0] in listed and fields[2] == "RUNNING":
+                return int(fields[1])
         raise LookupError(f"container {namespace}/{pod}/{container} has no task")
 
     def images(self) -> list[str]:

@@ -37,6 +37,8 @@ class NodeLab:
     plane: TestPlane
     api: client.ApiClient
     timings: dict[str, float]
+    net: NetLab
+    image: Path
 
     @property
     def core(self) -> client.CoreV1Api:
@@ -44,7 +46,12 @@ class NodeLab:
 
 
 def node_ready(core: client.CoreV1Api, name: str) -> bool:
-    node = core.read_node(name)
+    try:
+        node = core.read_node(name)
+    except client.ApiException as exc:
+        if exc.status == 404:  # not registered yet
+            return False
+        raise
     return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
 
 
@@ -84,16 +91,13 @@ def node_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeLab]:
         def ready() -> bool:
             assert node is not None and node.kubelet is not None
             node.kubelet.check()
-            try:
-                return node_ready(core, node.name)
-            except client.ApiException:
-                return False
+            return node_ready(core, node.name)
         wait_until(ready, 60, f"node {node.name} Ready", interval=0.1)
         timings["node-ready"] = time.monotonic() - started
         timings.update({f"node-{k}": v for k, v in node.timings.items()})
         print(f"\nnode: {node.name} at {node.ip}: "
               + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
-        yield NodeLab(node, plane, api, timings)
+        yield NodeLab(node, plane, api, timings, net, image)
         rss = node.rss_kib()
         assert plane.process is not None and extras is not None
         for component in (extras.scheduler, extras.controller_manager):
