@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = ROOT / "scripts" / "build-kubenode.sh"
 RECORDS = Path("/run/bindha-kubenode")
 RUNC = Path("/usr/sbin/runc")
+SERVICE_RANGE = "10.0.0.0/24"  # harness.testplane's --service-cluster-ip-range
 CNI_BIN = Path("/usr/lib/cni")
 IMAGE_WORK = Path(os.environ.get("BINDHA_IMAGE_WORK", "/var/tmp/bindha-rwx-image"))
 CGROUP_FS = Path("/sys/fs/cgroup")
@@ -310,6 +311,7 @@ class Record:
     # Processes of the run that the node outlives if the run is killed (the apiserver),
     # each with a string its command line must hold, so a reused pid is never hit.
     adopted: list[tuple[int, str]] = field(default_factory=list)
+    pod_subnet: str = ""
 
     @property
     def path(self) -> Path:
@@ -341,6 +343,8 @@ def clean_record(record: Record, remove_bridge: bool = True, adopted: bool = Tru
         if _wait_gone(victims, 5.0):
             break
     left = _remove_cgroup_root(record.cgroup_root)
+    if record.pod_subnet:
+        _run(["ip", "route", "del", record.pod_subnet], check=False)
     _run(["ip", "netns", "del", record.netns], check=False)
     if remove_bridge:
         _run(["ip", "link", "del", record.bridge], check=False)
@@ -491,10 +495,13 @@ class KubeNode:
     """
 
     def __init__(self, parts: dict[str, Path], net: Any, server: str, ca: Path, token: str,
-                 index: int = 1, workdir: Path | None = None) -> None:
+                 index: int = 1, workdir: Path | None = None, proxy: bool = False) -> None:
         self.parts, self.net, self.server, self.ca, self.token = parts, net, server, ca, token
+        self.proxy = proxy
         self.name = f"kn{net.subnet}-{index}"
-        self.pod_subnet = f"10.{213 + index}.{net.subnet}.0/24"
+        # 10.213/16 is NetLab's and 10.214/16 the Ceph lab's (their bridges route them in
+        # the root netns): pods take 10.221+ so no reply can be routed to another lab.
+        self.pod_subnet = f"10.{220 + index}.{net.subnet}.0/24"
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"bindha-{self.name}-"))
         self.cgroup_root = f"/bindha-{self.name}"
         self.ip = ""
@@ -502,6 +509,7 @@ class KubeNode:
         self.socket = self.workdir / "containerd" / "containerd.sock"
         self.containerd: Component | None = None
         self.kubelet: Component | None = None
+        self.kube_proxy: Component | None = None
         self.timings: dict[str, float] = {}
         self.record: Record | None = None
 
@@ -553,7 +561,9 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
         cni = {"cniVersion": "1.0.0", "name": f"bindha-{self.name}", "plugins": [{
             "type": "bridge", "bridge": "kbr0", "isGateway": True, "isDefaultGateway": False,
             "ipMasq": False, "hairpinMode": True,
+            # The one route a pod gets: the Service range, via the node (kube-proxy).
             "ipam": {"type": "host-local", "ranges": [[{"subnet": self.pod_subnet}]],
+                     "routes": [{"dst": SERVICE_RANGE}],
                      "dataDir": str(w / "cni" / "ipam")}}]}
         (w / "cni" / "net.d").mkdir(parents=True, exist_ok=True)
         (w / "cni" / "net.d" / "10-bridge.conflist").write_text(json.dumps(cni, indent=2))
@@ -604,8 +614,14 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
         netns = self.netns = self.net.netns(self.ip)
         made = [p for p in PRIVATE_PATHS if not Path(p).exists()]
         self.record = Record(self.name, str(self.workdir), netns, self.net.bridge,
-                             self.cgroup_root, made_paths=made)
+                             self.cgroup_root, made_paths=made, pod_subnet=self.pod_subnet)
         self.record.save()
+        # The root netns routes the pods' subnet to the node, so that nothing addressed to
+        # a pod (an apiserver's answer through a Service) takes the default route off the
+        # machine. The root netns forwards nothing (ip_forward 0): pods still reach only
+        # their subnet and the Service range.
+        _run(["ip", "route", "replace", self.pod_subnet, "via", self.ip, "dev",
+              self.net.bridge])
         for p in made:
             Path(p).mkdir(parents=True, exist_ok=True)
         for sub in ("containerd", "kubelet", "private"):
@@ -644,6 +660,33 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
         self.record.pids.append(self.kubelet.start())
         self.record.save()
         self.timings["kubelet-started"] = time.monotonic() - started
+        if self.proxy:
+            self.kube_proxy = Component("kube-proxy", [
+                "nsenter", f"--target={self.containerd.pid}", "--mount", "--net", "--",
+                *self._proxy_args()], self.workdir / "kube-proxy.log", env=env)
+            self.record.pids.append(self.kube_proxy.start())
+            self.record.save()
+
+    def _proxy_args(self) -> list[str]:
+        """kube-proxy in iptables mode, in the node's netns only; it leaves the conntrack
+        sysctls (machine-wide, or refused in a netns) and route_localnet alone."""
+        config = {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration", "mode": "iptables",
+            "clusterCIDR": self.pod_subnet, "hostnameOverride": self.name,
+            # The root netns has no route to the pods: a Service's traffic leaves the
+            # node with the node's address, so the apiserver's answer comes back to it.
+            "iptables": {"masqueradeAll": True},
+            "bindAddress": self.ip, "healthzBindAddress": "127.0.0.1:10256",
+            "metricsBindAddress": "127.0.0.1:10249", "localhostNodePorts": False,
+            "nodePortAddresses": [f"{self.ip}/32"],
+            "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s",
+                          "tcpCloseWaitTimeout": "0s"},
+            "clientConnection": {"kubeconfig": str(self.workdir / "kubelet.kubeconfig")},
+        }
+        path = self.workdir / "kube-proxy.yaml"
+        path.write_text(json.dumps(config, indent=2))
+        return [str(self.parts["kube-proxy"]), f"--config={path}", "--v=1"]
 
     def adopt(self, pid: int, marker: str) -> None:
         """Have ``cleanup`` stop ``pid`` too (its command line holding ``marker``) if this
@@ -698,6 +741,8 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
 
     def stop(self) -> list[str]:
         """Stop the kubelet, then everything else; returns what could not be removed."""
+        if self.kube_proxy is not None:
+            self.kube_proxy.stop(5)
         if self.kubelet is not None:
             self.kubelet.stop(10)
         if self.containerd is not None:

@@ -80,7 +80,7 @@ def node_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeLab]:
         extras.start()
         image = pack_image(workdir / "testbox.tar", TEST_IMAGE, test_image_files(),
                            ["/bin/sh"])
-        node = KubeNode(parts, net, plane.url, ca, plane.admin_token)
+        node = KubeNode(parts, net, plane.url, ca, plane.admin_token, proxy=True)
         started = time.monotonic()
         node.start(images=[image])
         assert plane.process is not None
@@ -100,7 +100,8 @@ def node_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeLab]:
         yield NodeLab(node, plane, api, timings, net, image)
         rss = node.rss_kib()
         assert plane.process is not None and extras is not None
-        for component in (extras.scheduler, extras.controller_manager):
+        for component in (node.kube_proxy, extras.scheduler, extras.controller_manager):
+            assert component is not None
             rss[component.name] = rss_kib(component.pid or 0)
         rss["apiserver+etcd"] = rss_kib(plane.process.pid)
         print("\nRSS (MiB): " + ", ".join(f"{k} {v / 1024:.0f}" for k, v in rss.items()))
@@ -124,6 +125,9 @@ def node_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeLab]:
             listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                                     timeout=10, check=True).stdout
             assert not [n for n in netns if n in listed], listed
+            routes = subprocess.run(["ip", "route"], capture_output=True, text=True,
+                                    timeout=10, check=True).stdout
+            assert node.pod_subnet not in routes, routes
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ Every wait polls the API (harness.polling); nothing sleeps to synchronise.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -150,3 +151,35 @@ def test_nothing_on_the_node_routes_off_the_machine(node_lab: NodeLab, namespace
             assert route.returncode != 0, f"{where}: {route.stdout}"
             assert "unreachable" in route.stderr, route.stderr
     assert Path(f"/proc/{pid}/root/etc/resolv.conf").read_text().strip() == ""
+
+
+REACH_API = """
+import ssl, sys, urllib.request
+context = ssl.create_default_context(cafile=sys.argv[1])
+request = urllib.request.Request("https://10.0.0.1/readyz",
+                                 headers={"Authorization": "Bearer " + sys.argv[2]})
+print(urllib.request.urlopen(request, timeout=3, context=context).read().decode())
+"""
+
+
+def test_a_pod_reaches_the_api_through_the_kubernetes_service(node_lab: NodeLab,
+                                                              namespace: str) -> None:
+    """kube-proxy (iptables, in the node's netns) takes the pod's connection to the
+    `kubernetes` Service's ClusterIP to the apiserver on the lab bridge; the apiserver's
+    certificate names the ClusterIP. Run from the pod's netns with this Python."""
+    manifest = pod("client", "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+                   nodeName=node_lab.node.name, terminationGracePeriodSeconds=2)
+    node_lab.core.create_namespaced_pod(namespace, manifest)
+    wait_until(lambda: node_lab.core.read_namespaced_pod("client", namespace).status.phase
+               == "Running", 60, "pod 'client' Running", interval=0.1)
+    pid = node_lab.node.task_pid(namespace, "client", "main")
+    ca = node_lab.plane.workdir / "certs" / "apiserver.crt"
+
+    def answered() -> str:
+        # Until kube-proxy has written the Service's rules the connection times out.
+        result = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", sys.executable, "-c",
+                                 REACH_API, str(ca), node_lab.plane.admin_token],
+                                capture_output=True, text=True, timeout=15, check=False)
+        return result.stdout.strip()
+    assert wait_until(answered, 60, "/readyz through 10.0.0.1 from the pod", interval=0.5) \
+        == "ok"
