@@ -357,14 +357,24 @@ def clean_record(record: Record, remove_bridge: bool = True, adopted: bool = Tru
     others = [p for p in RECORDS.glob("*.json")] if RECORDS.is_dir() else []
     if not others:  # the mount points are shared by every node: only the last removes them
         for made in sorted(record.made_paths, key=len, reverse=True):
-            with contextlib.suppress(OSError):
-                os.rmdir(made)
+            for _ in range(100):  # busy while a dying node's mount namespace goes
+                try:
+                    os.rmdir(made)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    error = exc
+                    time.sleep(0.02)
+            else:
+                left.append(f"{made}: {error}")
     return left
 
 
-def cleanup_stale() -> list[str]:
-    """Clean every node whose owner is gone (its claim is free); returns the names."""
-    cleaned = []
+def cleanup_stale() -> dict[str, list[str]]:
+    """Clean every node whose owner is gone (its claim is free); returns each one's name
+    with what could not be removed."""
+    cleaned: dict[str, list[str]] = {}
     for path in sorted(RECORDS.glob("*.json")) if RECORDS.is_dir() else []:
         name = path.stem
         if not claim(f"kubenode-{name}"):
@@ -374,8 +384,7 @@ def cleanup_stale() -> list[str]:
         except (OSError, ValueError, TypeError):
             path.unlink(missing_ok=True)
             continue
-        clean_record(record)
-        cleaned.append(name)
+        cleaned[name] = clean_record(record)
     return cleaned
 
 
@@ -803,6 +812,10 @@ def main() -> int:
     elif args.action == "cleanup":
         cleaned = cleanup_stale()
         print(f"cleaned {len(cleaned)} node(s){': ' if cleaned else ''}{' '.join(cleaned)}")
+        for name, left in cleaned.items():
+            for item in left:
+                print(f"{name}: left {item}")
+        return 1 if any(cleaned.values()) else 0
     return 0
 
 

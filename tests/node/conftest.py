@@ -108,11 +108,13 @@ def node_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeLab]:
     finally:
         left: list[str] = []
         marker = str(node.workdir) if node else ""
-        if node is not None:
-            left = node.stop()
+        # The control plane first: while the node's record lives, `cleanup` stops the
+        # adopted apiserver too if this run is killed in the middle of teardown.
         if extras is not None:
             extras.stop()
         plane.stop()
+        if node is not None:
+            left = node.stop()
         netns = [node.netns] if node is not None and node.netns else []
         net.close()
         assert not left, f"left behind by the node: {left}"
