@@ -47,7 +47,9 @@ class NetLab:
         _ip("addr", "add", f"{self.api_host}/24", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
 
-    def take(self) -> str:
+    def take(self, default_route: bool = True) -> str:
+        """The next host's IP; without ``default_route`` the host reaches only the bridge's
+        subnet, so nothing it sends can leave the machine (harness.kubenode's nodes)."""
         self._hosts += 1
         host = self._hosts + 1
         ip = f"10.213.{self.subnet}.{host}"
@@ -64,7 +66,8 @@ class NetLab:
         _ip("addr", "add", f"{ip}/24", "dev", "eth0", netns=netns)
         _ip("link", "set", "eth0", "up", netns=netns)
         _ip("link", "set", "lo", "up", netns=netns)
-        _ip("route", "add", "default", "via", self.api_host, netns=netns)
+        if default_route:
+            _ip("route", "add", "default", "via", self.api_host, netns=netns)
         self._netns[ip] = netns
         return ip
 

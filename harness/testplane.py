@@ -53,6 +53,9 @@ class TestPlane:
     binary: Path
     workdir: Path
     port: int = 0
+    # A lab bridge's address (harness.netlab) lets a kubelet in a namespace of its own
+    # reach the apiserver; the self-signed serving cert names this address.
+    host: str = "127.0.0.1"
     admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
     extra_tokens: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
@@ -61,7 +64,7 @@ class TestPlane:
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     @property
     def kubeconfig(self) -> Path:
@@ -96,8 +99,11 @@ class TestPlane:
             "--etcd-peer-url", f"http://127.0.0.1:{etcd_peer}",
             "--",
             f"--secure-port={self.port}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={self.host}",
+            f"--advertise-address={self.host}",
+            # Dial kubelets by the node's IP: by hostname the apiserver would ask the
+            # machine's nameserver (off the machine) on the first `kubectl logs`.
+            "--kubelet-preferred-address-types=InternalIP",
             f"--cert-dir={self.workdir / 'certs'}",
             f"--token-auth-file={tokens}",
             "--authorization-mode=RBAC",

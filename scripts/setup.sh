@@ -3,10 +3,13 @@
 #   apt: bind9 bind9-utils bind9-dnsutils iproute2 openssl util-linux dnsperf, and fuse3
 #        (fusermount3, with libfuse3-3 for harness/faultfs.py), and Ceph 16.2 for the CephFS
 #        lab (harness/cephlab.py): ceph-mon ceph-osd ceph-mds ceph-fuse ceph-common
-#        (~113 packages, ~68 MB download, ~290 MB on disk, ~35 s) (each when missing)
+#        (~113 packages, ~68 MB download, ~290 MB on disk, ~35 s), and runc +
+#        containernetworking-plugins for the test node (harness/kubenode.py) (each when missing)
 #   .venv with this package and its test extra
 #   the test control plane (kube-apiserver + etcd), built from the Go module proxy, cached
 #   kustomize (for the manifests tests), built from the Go module proxy, cached
+#   the test node (kubelet, kube-scheduler, kube-proxy, containerd 2.x, pause image),
+#   built from the Go module proxy, cached (scripts/build-kubenode.sh, ~90 s cold)
 # With BINDHA_SETUP_BENCH=1 (scripts/bench, scripts/chaos) also: the
 # bench extra (matplotlib) in .venv.
 set -euo pipefail
@@ -19,9 +22,10 @@ for tool in named:bind9 named-checkconf:bind9-utils rndc:bind9-utils tsig-keygen
             dig:bind9-dnsutils nsupdate:bind9-dnsutils ip:iproute2 openssl:openssl \
             setpriv:util-linux nsenter:util-linux dnsperf:dnsperf fusermount3:fuse3 \
             ceph-mon:ceph-mon ceph-osd:ceph-osd ceph-mds:ceph-mds ceph-fuse:ceph-fuse \
-            ceph:ceph-common ceph-authtool:ceph-common monmaptool:ceph-common; do
+            ceph:ceph-common ceph-authtool:ceph-common monmaptool:ceph-common \
+            runc:runc /usr/lib/cni/bridge:containernetworking-plugins; do
   cmd=${tool%%:*} pkg=${tool#*:}
-  if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
+  if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ] && [ ! -x "$cmd" ]; then
     need_apt+=("$pkg")
   fi
 done
@@ -61,4 +65,5 @@ if ! command -v go >/dev/null 2>&1; then
 fi
 scripts/build-testplane.sh >/dev/null
 scripts/build-kustomize.sh >/dev/null
+scripts/build-kubenode.sh >/dev/null
 say "ready"

@@ -1,0 +1,3 @@
+module bindha-rwx/kubenode-pause
+
+go 1.26.0
