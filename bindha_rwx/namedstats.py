@@ -11,9 +11,8 @@ NOTIFYs: ``nsstats``) and each zone's serial. A named that does not answer gives
 
 from __future__ import annotations
 
+import http.client
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,8 +29,7 @@ class NamedStats(Collector):
     """A collector over one named's statistics channel."""
 
     def __init__(self, address: str, port: int, timeout: float = TIMEOUT) -> None:
-        self.base = f"http://{_host(address)}:{port}/json/v1"
-        self.timeout = timeout
+        self.address, self.port, self.timeout = address, port, timeout
 
     def describe(self) -> list[Metric]:
         return []  # what named reports varies: no fixed description at registration
@@ -41,7 +39,7 @@ class NamedStats(Collector):
         try:
             server = self._get("server")
             zones = self._get("zones")
-        except (OSError, ValueError, urllib.error.URLError):
+        except (OSError, ValueError, http.client.HTTPException):
             up.add_metric([], 0)
             yield up
             return
@@ -65,8 +63,17 @@ class NamedStats(Collector):
         yield serial
 
     def _get(self, what: str) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.base}/{what}", timeout=self.timeout) as answer:
+        # From localAddress, as rndc does (-b): named's channel allows that address only.
+        connection = http.client.HTTPConnection(self.address, self.port, timeout=self.timeout,
+                                                source_address=(self.address, 0))
+        try:
+            connection.request("GET", f"/json/v1/{what}")
+            answer = connection.getresponse()
+            if answer.status != 200:
+                raise ValueError(f"named's /json/v1/{what} answered {answer.status}")
             data = json.loads(answer.read())
+        finally:
+            connection.close()
         if not isinstance(data, dict):
             raise ValueError(f"named's /json/v1/{what} is not an object")
         return data
@@ -86,7 +93,3 @@ def _counters(name: str, text: str, label: str, values: Any) -> Iterator[Metric]
             if isinstance(value, int | float):
                 family.add_metric([str(key)], value)
     yield family
-
-
-def _host(address: str) -> str:
-    return f"[{address}]" if ":" in address else address

@@ -4,7 +4,9 @@
 #        (fusermount3, with libfuse3-3 for harness/faultfs.py), and Ceph 16.2 for the CephFS
 #        lab (harness/cephlab.py): ceph-mon ceph-osd ceph-mds ceph-fuse ceph-common
 #        (~113 packages, ~68 MB download, ~290 MB on disk, ~35 s), and runc +
-#        containernetworking-plugins for the test node (harness/kubenode.py) (each when missing)
+#        containernetworking-plugins for the test node (harness/kubenode.py), and prometheus
+#        (promtool and a real Prometheus for the shipped alerts; its daemon is not started)
+#        (each when missing)
 #   .venv with this package and its test extra
 #   the test control plane (kube-apiserver + etcd), built from the Go module proxy, cached
 #   kustomize (for the manifests tests), built from the Go module proxy, cached
@@ -23,7 +25,8 @@ for tool in named:bind9 named-checkconf:bind9-utils rndc:bind9-utils tsig-keygen
             setpriv:util-linux nsenter:util-linux dnsperf:dnsperf fusermount3:fuse3 \
             ceph-mon:ceph-mon ceph-osd:ceph-osd ceph-mds:ceph-mds ceph-fuse:ceph-fuse \
             ceph:ceph-common ceph-authtool:ceph-common monmaptool:ceph-common \
-            runc:runc /usr/lib/cni/bridge:containernetworking-plugins; do
+            runc:runc /usr/lib/cni/bridge:containernetworking-plugins \
+            prometheus:prometheus promtool:prometheus; do
   cmd=${tool%%:*} pkg=${tool#*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ] && [ ! -x "$cmd" ]; then
     need_apt+=("$pkg")
@@ -35,8 +38,17 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
+  # Packages with daemons (prometheus) must not start them: the tests run their own.
+  # Without a policy-rc.d of the machine's, one that denies every start, for this install.
+  policy=/usr/sbin/policy-rc.d made_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod 755 "$policy"
+    made_policy=1
+  fi
   # shellcheck disable=SC2086
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $pkgs >/dev/null
+  if [ -n "$made_policy" ]; then $sudo rm -f "$policy"; fi
 fi
 
 python=${PYTHON:-python3}
