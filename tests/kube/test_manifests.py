@@ -184,3 +184,24 @@ def test_what_a_user_applies_is_safe_to_reapply(kustomize, path):
     pdbs = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
     assert len(pdbs) == 2
     assert all(p["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow" for p in pdbs)
+
+
+def test_the_octavia_service_and_a_pinned_vip_are_accepted(kustomize, api_client, namespace):
+    """The component's health monitor (timeout below delay, required with
+    externalTrafficPolicy Local), and docs/deploy.md's patch for a stable VIP and
+    source ranges, dry-run through the apiserver."""
+    objects = build(kustomize, "overlays/cephfs")
+    lb = next(o for o in objects if o["kind"] == "Service"
+              and o["metadata"]["name"] == "bind-dns")
+    notes = lb["metadata"]["annotations"]
+    assert notes["loadbalancer.openstack.org/enable-health-monitor"] == "true"
+    assert int(notes["loadbalancer.openstack.org/health-monitor-timeout"]) < \
+        int(notes["loadbalancer.openstack.org/health-monitor-delay"])
+    assert lb["spec"]["externalTrafficPolicy"] == "Local"
+    notes["loadbalancer.openstack.org/port-id"] = "3f1c5a52-0d6e-4c7b-9b8e-6c1a2b3c4d5e"
+    lb["spec"]["loadBalancerSourceRanges"] = ["192.0.2.0/24"]
+    client.CoreV1Api(api_client).create_namespaced_service(namespace, lb, dry_run="All")
+    lb["spec"]["loadBalancerSourceRanges"] = ["not-a-cidr"]
+    with pytest.raises(ApiException) as refused:  # the check has teeth
+        client.CoreV1Api(api_client).create_namespaced_service(namespace, lb, dry_run="All")
+    assert refused.value.status == 422
