@@ -13,6 +13,8 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.tsig
+import dns.tsigkeyring
 import dns.update
 import dns.xfr
 import dns.zone
@@ -128,3 +130,50 @@ def test_transfer_needs_the_key(primary: NamedProcess):
                                            keyring=keyring(key), keyname=key.name,
                                            timeout=5, lifetime=10))
     assert zone.get_rdataset("@", "SOA") is not None
+
+
+# cert-manager's RFC2136 solver (ACME DNS-01): tsigAlgorithm is one of HMACMD5 (its
+# default), HMACSHA1, HMACSHA256, HMACSHA512, and must be the key's (docs/clients.md).
+CERT_MANAGER_ALGORITHMS = {"HMACMD5": "hmac-md5", "HMACSHA1": "hmac-sha1",
+                           "HMACSHA256": "hmac-sha256", "HMACSHA512": "hmac-sha512"}
+
+
+def challenge(named: NamedProcess, key, algorithm: str, add: bool) -> int:
+    """What the solver sends: add, then delete, one TXT at _acme-challenge."""
+    names = {"hmac-md5": dns.tsig.HMAC_MD5, "hmac-sha1": dns.tsig.HMAC_SHA1,
+             "hmac-sha256": dns.tsig.HMAC_SHA256, "hmac-sha512": dns.tsig.HMAC_SHA512}
+    ring = dns.tsigkeyring.from_text({key.name: (names[algorithm], key.secret)})
+    update = dns.update.UpdateMessage(ZONE, keyring=ring, keyname=key.name)
+    if add:
+        update.add("_acme-challenge.www", 60, "TXT", '"token-1"')
+    else:
+        update.delete("_acme-challenge.www", "TXT", '"token-1"')
+    try:
+        answer = dns.query.tcp(update, named.ip, port=named.config.ports.dns, timeout=5)
+    except dns.tsig.PeerError as exc:  # named answered with a TSIG error
+        return -1 if "BADKEY" in type(exc).__name__.upper() + str(exc).upper() else -2
+    return answer.rcode()
+
+
+def txt(named: NamedProcess, name: str) -> list[str]:
+    query = dns.message.make_query(f"{name}.{ZONE}", dns.rdatatype.TXT)
+    answer = dns.query.udp(query, named.ip, port=named.config.ports.dns, timeout=2)
+    return [rr.to_text() for rrset in answer.answer for rr in rrset]
+
+
+def test_cert_manager_dns01_add_and_remove_with_its_algorithm_choice(primary: NamedProcess):
+    primary.start()
+    primary.wait_serving()
+    key = primary.config.keys["update-key"]
+    assert key.algorithm == "hmac-sha256"  # what tsig-keygen makes, the docs' keys
+    mine = next(k for k, v in CERT_MANAGER_ALGORITHMS.items() if v == key.algorithm)
+    assert mine == "HMACSHA256"
+    # cert-manager's default, HMACMD5, with this key: named refuses it (BADKEY), so
+    # the Issuer must say tsigAlgorithm: HMACSHA256.
+    assert challenge(primary, key, CERT_MANAGER_ALGORITHMS["HMACMD5"], add=True) == -1
+    assert txt(primary, "_acme-challenge.www") == []
+    assert challenge(primary, key, CERT_MANAGER_ALGORITHMS[mine], add=True) == dns.rcode.NOERROR
+    assert txt(primary, "_acme-challenge.www") == ['"token-1"']
+    assert challenge(primary, key, CERT_MANAGER_ALGORITHMS[mine], add=False) == \
+        dns.rcode.NOERROR
+    assert txt(primary, "_acme-challenge.www") == []
