@@ -216,6 +216,10 @@ def _secondary(args: argparse.Namespace) -> int:
 
 
 def _ops(args: argparse.Namespace) -> object:
+    """The Ops for this command: the caller's (``args.ops``, `kubectl bindha`), or one
+    from the pod's config file and credentials."""
+    if getattr(args, "ops", None) is not None:
+        return args.ops
     from bindha_rwx.ops import Ops
 
     return Ops(_pod_config(args.config, ("POD_NAMESPACE",)), _api())  # type: ignore[arg-type]
@@ -231,7 +235,8 @@ def _status(args: argparse.Namespace) -> int:
     from bindha_rwx.ops import OpsError
 
     try:
-        _show(_ops(args).status(), args.json)  # type: ignore[attr-defined]
+        _show(_ops(args).status(pod_network=getattr(args, "pod_network", True)),  # type: ignore[attr-defined]
+              args.json)
     except OpsError as exc:
         print(f"bindha-rwx status: {exc}", file=sys.stderr)
         return EXIT_FAILURE

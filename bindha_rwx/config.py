@@ -269,8 +269,14 @@ def load_config(path: str | os.PathLike[str] | None = None,
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = "") -> Config:
-    """Validate config text; relative key file paths resolve against the file's folder."""
+def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = "",
+                 read_files: bool = True) -> Config:
+    """Validate config text; relative key file paths resolve against the file's folder.
+
+    ``read_files=False``: the files the config names (TSIG keys, the fencer's ceph.conf
+    and keyring) are not opened, for a workstation that reads the ConfigMap and never
+    holds the keys (`kubectl bindha`); such keys have no secret.
+    """
     try:
         data = yaml.load(text, Loader=YAML_LOADER)  # a safe loader, either way
     except yaml.YAMLError as exc:
@@ -281,7 +287,7 @@ def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = 
     if data is None:
         data = {}
     base_dir = Path(source).parent if source else Path.cwd()
-    reader = _Reader(base_dir)
+    reader = _Reader(base_dir, read_files)
     config = reader.read(data, os.environ if env is None else env, source)
     if reader.problems:
         raise ConfigError(reader.problems, source)
@@ -388,8 +394,9 @@ def _absolute(name: str) -> str:
 class _Reader:
     """Walks the YAML tree, collecting problems instead of stopping at the first."""
 
-    def __init__(self, base_dir: Path) -> None:
+    def __init__(self, base_dir: Path, read_files: bool = True) -> None:
         self.base_dir = base_dir
+        self.read_files = read_files
         self.problems: list[str] = []
         # Keys whose definition already failed: references to them are not errors twice.
         self.broken_keys: set[str] = set()
@@ -628,6 +635,8 @@ class _Reader:
         file = Path(file_value)
         if not file.is_absolute():
             file = self.base_dir / file
+        if not self.read_files:
+            return TsigKey(name, file, "", "")
         try:
             text = file.read_text(encoding="utf-8")
         except OSError as exc:
@@ -684,7 +693,7 @@ class _Reader:
             ceph_mds=self.string(ceph, "mds", "fencing.ceph", d.ceph_mds) or d.ceph_mds,
             timeout=self.duration(ceph, "timeout", "fencing.ceph", d.timeout),
             ceph_root=normalize_ceph_root(root) if root else None, auto=auto)
-        if storage == "ceph":
+        if storage == "ceph" and self.read_files:
             for key, problem in (("conf", ceph_conf_problem(fence.ceph_conf)),
                                  ("keyring", keyring_problem(fence.ceph_keyring,
                                                              fence.ceph_id))):

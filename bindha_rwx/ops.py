@@ -154,7 +154,8 @@ class Ops:
         return sorted((pod_summary(p, self.config.role_label.key) for p in items),
                       key=lambda p: p["name"] or "")
 
-    def status(self) -> dict[str, Any]:
+    def status(self, pod_network: bool = True) -> dict[str, Any]:
+        """``pod_network=False`` (a workstation): no SOA queries to the pods' IPs."""
         record = self.read_lease()
         lease: dict[str, Any] = {"name": self.config.lease_name, "exists": record is not None}
         leader_ip = None
@@ -176,7 +177,7 @@ class Ops:
                                     "updates fail until `bindha-rwx resume`")
         masters, secondaries = self.pods("master"), self.pods("secondary")
         zones = []
-        for zone in self.config.zones:
+        for zone in self.config.zones if pod_network else []:
             leader_serial = _soa_serial(leader_ip, zone.name, self.config.ports.dns)
             rows = []
             for pod in secondaries:
