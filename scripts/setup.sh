@@ -9,7 +9,8 @@
 #        (each when missing)
 #   .venv with this package and its test extra
 #   the test control plane (kube-apiserver + etcd), built from the Go module proxy, cached
-#   kustomize (for the manifests tests), built from the Go module proxy, cached
+#   kustomize and helm (for the manifests and chart tests), built from the Go module
+#   proxy, cached (helm ~4.5 min once)
 #   the test node (kubelet, kube-scheduler, kube-proxy, containerd 2.x, pause image),
 #   built from the Go module proxy, cached (scripts/build-kubenode.sh, ~90 s cold)
 # With BINDHA_SETUP_BENCH=1 (scripts/bench, scripts/chaos) also: the
@@ -77,5 +78,6 @@ if ! command -v go >/dev/null 2>&1; then
 fi
 scripts/build-testplane.sh >/dev/null
 scripts/build-kustomize.sh >/dev/null
+scripts/build-helm.sh >/dev/null
 scripts/build-kubenode.sh >/dev/null
 say "ready"

@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,3 +96,16 @@ def namespace(api_client: client.ApiClient) -> Iterator[str]:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def kustomize() -> str:
+    binary = os.environ.get("BINDHA_KUSTOMIZE_BIN")
+    if not binary:
+        script = Path(__file__).resolve().parents[2] / "scripts" / "build-kustomize.sh"
+        try:
+            binary = subprocess.run([str(script)], capture_output=True, text=True,
+                                    timeout=1800, check=True).stdout.strip()
+        except (subprocess.CalledProcessError, OSError) as exc:
+            require(False, f"kustomize could not be built: {exc}")
+    return str(binary)

@@ -5,7 +5,6 @@ nothing on the deny list (SubjectAccessReview)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -15,23 +14,9 @@ from kubernetes import client, dynamic
 from kubernetes.client.exceptions import ApiException
 
 import bindha_rwx
-from tests.conftest import require
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 OVERLAYS = ["base", "overlays/cephfs", "overlays/manila", "overlays/lab"]
-
-
-@pytest.fixture(scope="session")
-def kustomize() -> str:
-    binary = os.environ.get("BINDHA_KUSTOMIZE_BIN")
-    if not binary:
-        script = MANIFESTS.parent / "scripts" / "build-kustomize.sh"
-        try:
-            binary = subprocess.run([str(script)], capture_output=True, text=True,
-                                    timeout=1800, check=True).stdout.strip()
-        except (subprocess.CalledProcessError, OSError) as exc:
-            require(False, f"kustomize could not be built: {exc}")
-    return str(binary)
 
 
 def build(kustomize: str, path: str) -> list[dict]:
