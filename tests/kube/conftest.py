@@ -98,14 +98,24 @@ def namespace(api_client: client.ApiClient) -> Iterator[str]:
     core.delete_namespace(name)
 
 
-@pytest.fixture(scope="session")
-def kustomize() -> str:
-    binary = os.environ.get("BINDHA_KUSTOMIZE_BIN")
+def built_tool(env_var: str, script: str) -> str:
+    """A test tool from ``env_var``, or built (cached) by ``scripts/<script>``."""
+    binary = os.environ.get(env_var)
     if not binary:
-        script = Path(__file__).resolve().parents[2] / "scripts" / "build-kustomize.sh"
+        path = Path(__file__).resolve().parents[2] / "scripts" / script
         try:
-            binary = subprocess.run([str(script)], capture_output=True, text=True,
+            binary = subprocess.run([str(path)], capture_output=True, text=True,
                                     timeout=1800, check=True).stdout.strip()
         except (subprocess.CalledProcessError, OSError) as exc:
-            require(False, f"kustomize could not be built: {exc}")
+            require(False, f"{script} could not build its tool: {exc}")
     return str(binary)
+
+
+@pytest.fixture(scope="session")
+def kustomize() -> str:
+    return built_tool("BINDHA_KUSTOMIZE_BIN", "build-kustomize.sh")
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    return built_tool("BINDHA_HELM_BIN", "build-helm.sh")

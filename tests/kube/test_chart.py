@@ -11,29 +11,12 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
-from kubernetes import dynamic
-from kubernetes.client.exceptions import ApiException
 
 import bindha_rwx
-from tests.conftest import require
-from tests.kube.test_manifests import MANIFESTS, build
+from tests.kube.test_manifests import MANIFESTS, build, dry_run
 
 CHART = MANIFESTS.parent / "charts" / "bindha-rwx"
-
-
-@pytest.fixture(scope="session")
-def helm() -> str:
-    binary = os.environ.get("BINDHA_HELM_BIN")
-    if not binary:
-        script = MANIFESTS.parent / "scripts" / "build-helm.sh"
-        try:
-            binary = subprocess.run([str(script)], capture_output=True, text=True,
-                                    timeout=1800, check=True).stdout.strip()
-        except (subprocess.CalledProcessError, OSError) as exc:
-            require(False, f"helm could not be built: {exc}")
-    return str(binary)
 
 
 def template(helm: str, *args: str, namespace: str = "default") -> list[dict]:
@@ -101,16 +84,8 @@ def test_values_reach_the_objects_and_the_apiserver_accepts_them(helm, api_clien
         {"cluster": "bind", "zones": []}
     binding = objects[("ClusterRoleBinding", "bindha-rwx-node-reader")]
     assert {s["namespace"] for s in binding["subjects"]} == {namespace}
-    dyn = dynamic.DynamicClient(api_client)
-    for obj in objects.values():
-        if obj["kind"] in ("ClusterRole", "ClusterRoleBinding"):
-            continue  # cluster-scoped: test_manifests covers them
-        resource = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
-        try:
-            resource.create(body=obj, namespace=namespace, dry_run="All")
-        except ApiException as exc:
-            pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} refused: {exc.status} "
-                        f"{exc.body}")
+    dry_run(api_client, namespace, [o for o in objects.values() if o["kind"] not in
+                                    ("ClusterRole", "ClusterRoleBinding")], "the chart")
 
 
 def test_helm_lint_passes(helm):

@@ -31,14 +31,7 @@ def test_every_object_is_accepted_by_the_apiserver(kustomize, api_client, namesp
     kinds = {o["kind"] for o in objects}
     assert {"StatefulSet", "Role", "RoleBinding", "Service", "PodDisruptionBudget",
             "NetworkPolicy", "ConfigMap", "PersistentVolumeClaim"} <= kinds
-    dyn = dynamic.DynamicClient(api_client)
-    for obj in objects:
-        resource = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
-        try:
-            resource.create(body=obj, namespace=namespace, dry_run="All")
-        except ApiException as exc:
-            pytest.fail(f"{path}: {obj['kind']}/{obj['metadata']['name']} refused: "
-                        f"{exc.status} {exc.body}")
+    dry_run(api_client, namespace, objects, path)
     if path != "base" and path != "overlays/lab":
         lb = next(o for o in objects if o["kind"] == "Service"
                   and o["metadata"]["name"] == "bind-dns")
@@ -46,6 +39,18 @@ def test_every_object_is_accepted_by_the_apiserver(kustomize, api_client, namesp
         assert {p["protocol"] for p in lb["spec"]["ports"]} == {"UDP", "TCP"}
         pvc = next(o for o in objects if o["kind"] == "PersistentVolumeClaim")
         assert pvc["spec"]["storageClassName"] in ("cephfs", "csi-manila-nfs")
+
+
+def dry_run(api_client, namespace: str, objects: list[dict], where: str) -> None:
+    """Server-side dry run of every object: the apiserver's validation and admission."""
+    dyn = dynamic.DynamicClient(api_client)
+    for obj in objects:
+        resource = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        try:
+            resource.create(body=obj, namespace=namespace, dry_run="All")
+        except ApiException as exc:
+            pytest.fail(f"{where}: {obj['kind']}/{obj['metadata']['name']} refused: "
+                        f"{exc.status} {exc.body}")
 
 
 def can(api_client, namespace: str, account: str, verb: str, resource: str, group: str = "",
