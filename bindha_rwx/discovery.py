@@ -18,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from bindha_rwx.config import Timing
+from bindha_rwx.election import WATCH_SECONDS
 from bindha_rwx.log import get_logger
 
 log = get_logger("discovery")
@@ -59,28 +60,40 @@ class EndpointsWatcher:
             self.on_change(current)
 
     def run(self) -> None:
-        stream_timeout = max(5.0, 5 * self.timing.retry_period)
+        """LIST once, then WATCH, resuming from the last resourceVersion when the server
+        ends a stream (no LIST per stream); LIST again only after an error."""
+        stream_timeout = max(WATCH_SECONDS, 5 * self.timing.retry_period)
+        version: str | None = None
         while not self._stop.is_set():
             try:
-                listed = self.api.list_namespaced_endpoint_slice(
-                    self.namespace, label_selector=self.selector,
-                    _request_timeout=self.timing.retry_period)
-                self._slices = {s.metadata.name: slice_addresses(s) for s in listed.items}
-                self._publish()
+                if version is None:
+                    listed = self.api.list_namespaced_endpoint_slice(
+                        self.namespace, label_selector=self.selector,
+                        _request_timeout=self.timing.retry_period)
+                    self._slices = {s.metadata.name: slice_addresses(s)
+                                    for s in listed.items}
+                    version = listed.metadata.resource_version
+                    self._publish()
                 stream = watch.Watch().stream(
                     self.api.list_namespaced_endpoint_slice, self.namespace,
-                    label_selector=self.selector,
-                    resource_version=listed.metadata.resource_version,
-                    timeout_seconds=int(stream_timeout), _request_timeout=stream_timeout + 5)
+                    label_selector=self.selector, resource_version=version,
+                    allow_watch_bookmarks=True, timeout_seconds=int(stream_timeout),
+                    _request_timeout=stream_timeout + 5)
                 for event in stream:
                     if self._stop.is_set():
                         return
                     obj = event["object"]
+                    seen = getattr(getattr(obj, "metadata", None), "resource_version", None)
+                    if seen:
+                        version = seen
                     if event["type"] == "DELETED":
                         self._slices.pop(obj.metadata.name, None)
                     elif event["type"] in ("ADDED", "MODIFIED"):
                         self._slices[obj.metadata.name] = slice_addresses(obj)
+                    else:
+                        continue  # BOOKMARK: only the resourceVersion moves
                     self._publish()
             except (ApiException, Urllib3Error, OSError, ValueError) as exc:
+                version = None
                 log.warning("endpoints.watch_error", error=f"{type(exc).__name__}: {exc}"[:200])
                 self._stop.wait(self.timing.retry_period)

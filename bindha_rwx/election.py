@@ -152,7 +152,8 @@ class LeaseClient:
         stream = watch.Watch().stream(
             self.api.list_namespaced_lease, self.namespace,
             field_selector=f"metadata.name={self.name}", resource_version=resource_version,
-            timeout_seconds=max(1, int(timeout)), _request_timeout=timeout + 5)
+            allow_watch_bookmarks=True, timeout_seconds=max(1, int(timeout)),
+            _request_timeout=timeout + 5)
         for event in stream:
             yield event["type"], event["object"]
 
@@ -178,7 +179,8 @@ class Elector:
                  heartbeat: Callable[[float], None] | None = None,
                  annotations: dict[str, str] | None = None,
                  metrics: Metrics | None = None,
-                 may_acquire: Callable[[], str | None] | None = None) -> None:
+                 may_acquire: Callable[[], str | None] | None = None,
+                 watching: Callable[[], bool] | None = None) -> None:
         self.lease = lease
         self.identity = identity
         self.pod = holder_pod(identity)  # switchover targets and operators name pods
@@ -189,6 +191,9 @@ class Elector:
         # Asked before every acquisition: a reason not to lead now (the candidate's own
         # volume is unusable), or None.
         self.may_acquire = may_acquire or (lambda: None)
+        # True while a LeaseWatcher's stream feeds observe(): a follower then needs no
+        # GET of its own while the holder's Lease is live (see _try_acquire).
+        self.watching = watching or (lambda: False)
         self._refused_for: str | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -429,9 +434,16 @@ class Elector:
         return bool(target and target != self.pod)
 
     def _try_acquire(self) -> None:
-        record = self._ask(self.lease.get, self._call_timeout())
-        self.observe(record)
         record, observed_at = self.observed()
+        if not (self.watching() and self._held_by_another(record, observed_at)):
+            # No watch to trust, or the Lease looks free or expired from here: ask. A
+            # watched Lease that another pod renews needs no GET (client-go's followers
+            # GET every retryPeriod; the watch already says each renewal as it happens).
+            # A stream that went quiet is caught the same way: the holder then looks
+            # expired from here, and this GET shows the truth before any write.
+            record = self._ask(self.lease.get, self._call_timeout())
+            self.observe(record)
+            record, observed_at = self.observed()
         if self._yields(record):
             return
         if record is not None and record.holder and record.holder != self.identity \
@@ -458,6 +470,10 @@ class Elector:
         log.info("lease.acquired", holder=self.identity, transitions=written.transitions,
                  previous=record.holder if record else None)
         self.on_change()
+
+    def _held_by_another(self, record: LeaseRecord | None, observed_at: float) -> bool:
+        return bool(record is not None and record.holder and record.holder != self.identity
+                    and not self._expired(record, observed_at))
 
     def _renew(self) -> None:
         record, _ = self.observed()
@@ -524,6 +540,10 @@ class Elector:
                 return
 
 
+# Seconds a watch stream lasts before the server ends it and it resumes (no LIST).
+WATCH_SECONDS = 60.0
+
+
 class LeaseWatcher:
     """Feeds every change of the Lease to ``observe`` as it happens.
 
@@ -544,18 +564,28 @@ class LeaseWatcher:
         self._stop.set()
 
     def run(self) -> None:
-        stream_timeout = max(5.0, 5 * self.timing.retry_period)
+        """LIST once, then WATCH, and when the server ends a stream, WATCH again from the
+        last resourceVersion seen: no LIST per stream (client-go's reflector does the
+        same). LIST again only after an error (410 Gone after a compaction, "too large
+        resource version" after an etcd restore, a broken connection)."""
+        stream_timeout = max(WATCH_SECONDS, 5 * self.timing.retry_period)
+        version: str | None = None
         while not self._stop.is_set():
             try:
-                # A fresh LIST: its answer is the truth the watch events are ordered after.
-                asked = next(_tickets)
-                version, record = self.lease.list_version(self.timing.retry_period)
-                self.observe(_stamped(record, asked))
+                if version is None:
+                    # A fresh LIST: its answer is the truth the watch events are ordered
+                    # after.
+                    asked = next(_tickets)
+                    version, record = self.lease.list_version(self.timing.retry_period)
+                    self.observe(_stamped(record, asked))
                 self.connected = True
                 self.connected_at = time.monotonic()
                 for kind, obj in self.lease.watch(version, stream_timeout):
                     if self._stop.is_set():
                         return
+                    seen = _resource_version(obj)
+                    if seen:
+                        version = seen
                     if kind in ("ADDED", "MODIFIED"):
                         self.observe(LeaseRecord.from_api(obj))
                     elif kind == "DELETED":
@@ -564,8 +594,16 @@ class LeaseWatcher:
             except (ApiUnavailable, Conflict, ApiException, Urllib3Error, OSError,
                     ValueError) as exc:
                 self.connected = False
+                version = None
                 log.warning("lease.watch_error", error=f"{type(exc).__name__}: {exc}"[:200])
                 self._stop.wait(self.timing.retry_period)
+
+
+def _resource_version(obj: Any) -> str | None:
+    metadata = getattr(obj, "metadata", None)
+    if metadata is None and isinstance(obj, dict):
+        return (obj.get("metadata") or {}).get("resourceVersion")
+    return getattr(metadata, "resource_version", None)
 
 
 def _micro_now() -> datetime:

@@ -129,7 +129,8 @@ class Master:
         self.elector = Elector(self.lease, config.pod.identity or config.pod.name, timing,
                                on_change=self._wake.set, heartbeat=self._beat,
                                annotations={LEADER_IP_ANNOTATION: config.pod.ip or ""},
-                               metrics=self.metrics, may_acquire=self._candidate_problem)
+                               metrics=self.metrics, may_acquire=self._candidate_problem,
+                               watching=lambda: self.watcher.connected)
         self.watcher = LeaseWatcher(self.lease, self.elector.observe, timing)
         self.endpoints = EndpointsWatcher(api, config.namespace, config.secondaries.service,
                                           timing, self._on_secondaries)
