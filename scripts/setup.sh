@@ -5,7 +5,8 @@
 #        lab (harness/cephlab.py): ceph-mon ceph-osd ceph-mds ceph-fuse ceph-common
 #        (~113 packages, ~68 MB download, ~290 MB on disk, ~35 s), and runc +
 #        containernetworking-plugins for the test node (harness/kubenode.py), and prometheus
-#        (promtool and a real Prometheus for the shipped alerts; its daemon is not started)
+#        (promtool and a real Prometheus for the shipped alerts; its daemon is not started),
+#        kubectl (the documented `kubectl get` columns; the tests drive the API from Python)
 #        (each when missing)
 #   .venv with this package and its test extra
 #   the test control plane (kube-apiserver + etcd), built from the Go module proxy, cached
@@ -27,7 +28,7 @@ for tool in named:bind9 named-checkconf:bind9-utils rndc:bind9-utils tsig-keygen
             ceph-mon:ceph-mon ceph-osd:ceph-osd ceph-mds:ceph-mds ceph-fuse:ceph-fuse \
             ceph:ceph-common ceph-authtool:ceph-common monmaptool:ceph-common \
             runc:runc /usr/lib/cni/bridge:containernetworking-plugins \
-            prometheus:prometheus promtool:prometheus; do
+            prometheus:prometheus promtool:prometheus kubectl:kubectl; do
   cmd=${tool%%:*} pkg=${tool#*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ] && [ ! -x "$cmd" ]; then
     need_apt+=("$pkg")

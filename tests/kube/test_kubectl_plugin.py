@@ -70,3 +70,28 @@ def test_status_pause_resume_and_switchover_with_only_a_kubeconfig(
     assert moved.returncode == 0, moved.stdout + moved.stderr
     assert f"{standby.name} leads now" in moved.stdout
     assert wait_until(lambda: lab.leader(timeout=5), 15, "a leader") is standby
+
+
+def test_kubectl_get_shows_the_state_with_the_documented_columns(lab: MasterLab,
+                                                                  kubeconfig: Path):
+    """docs/operations.md's `kubectl get lease -o custom-columns=...`, run by kubectl."""
+    import re
+    import shutil
+
+    from tests.conftest import require
+    require(shutil.which("kubectl") is not None, "needs kubectl (Debian's kubernetes-client)")
+    lab.start(1)
+    leader = lab.leader()
+    text = (ROOT / "docs/operations.md").read_text()
+    block = re.search(r"<!-- test: lease-columns -->\s*```sh\n(.*?)```", text, re.S)
+    assert block
+    command = block.group(1).strip().replace("-n dns", f"--kubeconfig {kubeconfig} "
+                                             f"-n {lab.namespace}")
+    shown = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    header, row = shown.stdout.splitlines()[:2]
+    assert header.split() == ["HOLDER", "EPOCH", "LEADER-IP", "PAUSED", "SWITCHOVER-TO",
+                              "RENEWED"]
+    holder, epoch, ip, paused = row.split()[:4]
+    assert holder.startswith(f"{leader.name}_") and epoch == str(lab.volume.read_epoch())
+    assert ip == leader.ip and paused == "<none>"
