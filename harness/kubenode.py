@@ -43,6 +43,9 @@ IMAGE_SCRIPT = ROOT / "scripts" / "build-node-image.sh"
 BUILD_SCRIPT = ROOT / "scripts" / "build-kubenode.sh"
 RECORDS = Path("/run/bindha-kubenode")
 RUNC = Path("/usr/sbin/runc")
+# Every node's pod subnet (10.{220 + index}.{lab}.0/24) lies in it, and nothing else
+# does: 10.213/16 is NetLab's, 10.214/16 the Ceph lab's.
+POD_RANGE = "10.220.0.0/14"
 SERVICE_RANGE = "10.0.0.0/24"  # harness.testplane's --service-cluster-ip-range
 CNI_BIN = Path("/usr/lib/cni")
 IMAGE_WORK = Path(os.environ.get("BINDHA_IMAGE_WORK", "/var/tmp/bindha-rwx-image"))
@@ -583,9 +586,13 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
         cni = {"cniVersion": "1.0.0", "name": f"bindha-{self.name}", "plugins": [{
             "type": "bridge", "bridge": "kbr0", "isGateway": True, "isDefaultGateway": False,
             "ipMasq": False, "hairpinMode": True,
-            # The one route a pod gets: the Service range, via the node (kube-proxy).
+            # A pod's routes, all via its node and none a default one: the Service range
+            # (kube-proxy), the other nodes' pods (POD_RANGE, routed node to node over
+            # the lab bridge: connect()) and the lab bridge's subnet (a test in the root
+            # netns talking to a pod gets its answers). Nothing else is reachable.
             "ipam": {"type": "host-local", "ranges": [[{"subnet": self.pod_subnet}]],
-                     "routes": [{"dst": SERVICE_RANGE}],
+                     "routes": [{"dst": SERVICE_RANGE}, {"dst": POD_RANGE},
+                                {"dst": f"10.213.{self.net.subnet}.0/24"}],
                      "dataDir": str(w / "cni" / "ipam")}}]}
         (w / "cni" / "net.d").mkdir(parents=True, exist_ok=True)
         (w / "cni" / "net.d" / "10-bridge.conflist").write_text(json.dumps(cni, indent=2))
@@ -709,6 +716,14 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
         path = self.workdir / "kube-proxy.yaml"
         path.write_text(json.dumps(config, indent=2))
         return [str(self.parts["kube-proxy"]), f"--config={path}", "--v=1"]
+
+    def connect(self, other: KubeNode) -> None:
+        """Pod to pod across nodes: each node's netns routes the other's pod subnet to it
+        over the lab bridge (the nodes forward; the root netns only bridges). The routes
+        go with the nodes' netns."""
+        for here, there in ((self, other), (other, self)):
+            _run(["ip", "-n", here.netns, "route", "replace", there.pod_subnet, "via",
+                  there.ip])
 
     def adopt(self, pid: int, marker: str) -> None:
         """Have ``cleanup`` stop ``pid`` too (its command line holding ``marker``) if this
