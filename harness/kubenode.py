@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 IMAGE_SCRIPT = ROOT / "scripts" / "build-node-image.sh"
 BUILD_SCRIPT = ROOT / "scripts" / "build-kubenode.sh"
 RECORDS = Path("/run/bindha-kubenode")
+# manifests/overlays/node-lab's hostPath PV is LAB_SHARE/dyn (tests/node/test_node_lab.py).
+LAB_SHARE = Path("/var/tmp/bindha-node-lab")
 RUNC = Path("/usr/sbin/runc")
 # Every node's pod subnet (10.{220 + index}.{lab}.0/24) lies in it, and nothing else
 # does: 10.213/16 is NetLab's, 10.214/16 the Ceph lab's.
@@ -402,6 +404,17 @@ def cleanup_stale() -> dict[str, list[str]]:
             continue
         cleaned[name] = clean_record(record)
     return cleaned
+
+
+def clean_lab_share() -> bool:
+    """Remove the node-lab overlay's hostPath directory (LAB_SHARE) unless a live run
+    holds it (claim "node-lab-share"); True if it is gone."""
+    if not LAB_SHARE.exists():
+        return True
+    if not claim("node-lab-share"):
+        return False
+    shutil.rmtree(LAB_SHARE, ignore_errors=True)
+    return not LAB_SHARE.exists()
 
 
 def _free_port() -> int:
@@ -840,6 +853,8 @@ def main() -> int:
     elif args.action == "cleanup":
         cleaned = cleanup_stale()
         print(f"cleaned {len(cleaned)} node(s){': ' if cleaned else ''}{' '.join(cleaned)}")
+        if not clean_lab_share():
+            print(f"{LAB_SHARE} is held by a live run: kept")
         for name, left in cleaned.items():
             for item in left:
                 print(f"{name}: left {item}")
