@@ -3,11 +3,12 @@
 # bindha-rwx:<package version> (named docker.io/library/bindha-rwx:<version>, as a pod's
 # `image: bindha-rwx:<version>` resolves), ready for `ctr images import`.
 #
-# Keyed by the hash of what the Dockerfile copies (Dockerfile, pyproject.toml, setup.cfg,
-# README.md, bindha_rwx/) and of scripts/build-image.sh. On a miss: scripts/build-image.sh
-# (buildah; its checks with --no-check off: see BINDHA_IMAGE_CHECK), then a push of the
-# image from its buildah store into the cache. Cold about 2.5 min (debootstrap of the base
-# the first time, pip from PyPI), warm 0.1 s. Older cached archives are removed.
+# Keyed by the hash of what decides the image's content (Dockerfile, .dockerignore,
+# pyproject.toml, setup.cfg, README.md, bindha_rwx/ less caches) and of
+# scripts/build-image.sh. On a miss: scripts/build-image.sh --no-check (buildah;
+# BINDHA_IMAGE_CHECK=1 keeps its podman checks), then `buildah push` of the image from its
+# store into the cache. Cold ~95 s with the debootstrapped base cached, ~150 s without
+# (pip from PyPI, apt from Debian); warm 0.02 s. Older cached archives are removed.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache_root=${BINDHA_TESTPLANE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bindha-rwx}
@@ -15,7 +16,7 @@ work=${BINDHA_IMAGE_WORK:-/var/tmp/bindha-rwx-image}
 version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$repo/bindha_rwx/__init__.py")
 [ -n "$version" ] || { echo "build-node-image.sh: no __version__ in bindha_rwx/__init__.py" >&2; exit 1; }
 tag=bindha-rwx:$version
-key=$( { cd "$repo" && find Dockerfile pyproject.toml setup.cfg README.md bindha_rwx \
+key=$( { cd "$repo" && find Dockerfile .dockerignore pyproject.toml setup.cfg README.md bindha_rwx \
            scripts/build-image.sh -type f -not -name '*.pyc' -not -path '*/__pycache__/*' \
            -print0 | sort -z | xargs -0 sha256sum; } | sha256sum | cut -c1-16)
 out="$cache_root/image-$key"

@@ -34,7 +34,8 @@ import pytest
 import yaml
 from kubernetes import client, dynamic
 
-from harness.kubenode import KubeNode, node_image_archive
+from harness.kubenode import LAB_SHARE, KubeNode, node_image_archive
+from harness.loopback import claim
 from harness.polling import wait_until
 from tests.conftest import require
 from tests.node.conftest import NodeLab, node_ready
@@ -43,7 +44,7 @@ pytestmark = [pytest.mark.node, pytest.mark.node_e2e]
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = ROOT / "manifests" / "overlays" / "node-lab"
 NS = "bindha-lab"
-SHARE = Path("/var/tmp/bindha-node-lab/dyn")  # the overlay's hostPath PV
+SHARE = LAB_SHARE / "dyn"  # the overlay's hostPath PV
 ZONE = "example.com."
 
 
@@ -133,6 +134,9 @@ def lab(node_lab: NodeLab) -> Iterator[Lab]:
     except Exception as exc:  # the build's own output is on stderr already
         require(False, f"the product image could not be built: {exc}")
         raise
+    # One run at a time: the overlay names a fixed host directory (kubenode cleanup
+    # removes it after a killed run).
+    require(claim("node-lab-share"), f"{LAB_SHARE} is in use by another run")
     first = node_lab.node
     second = KubeNode(first.parts, node_lab.net, first.server, first.ca, first.token,
                       index=2, proxy=True)
@@ -364,6 +368,73 @@ def test_deleting_the_leader_hands_over_gracefully_with_no_acknowledged_update_l
                interval=0.2)
     print(f"{old.metadata.name} recreated as a Ready standby in "
           f"{time.monotonic() - started:.1f}s")
+
+
+def masters_ready(lab: Lab) -> bool:
+    pods = lab.pods("bind-master")
+    return len(pods) == 2 and all(
+        any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        for p in pods) and lab.leader() is not None
+
+
+def test_a_killed_leader_container_is_restarted_and_re_takes_its_own_lease(
+        running: Lab) -> None:
+    """SIGKILL the leader's supervisor (the container's PID 1; named dies with it): the
+    kubelet restarts the container in the same pod, and the supervisor, whose identity is
+    pod name + UID, re-takes its own Lease before it expires (DESIGN invariant 13)."""
+    lab = running
+    coordination = client.CoordinationV1Api(lab.node_lab.api)
+    # A container that never restarted: the kubelet restarts it at once (later restarts
+    # back off 10 s, 20 s, ..., longer than the lab's 6 s Lease). Hand over until the
+    # leader is such a pod (a deleted pod comes back fresh).
+    for _ in range(3):
+        wait_until(lambda: masters_ready(lab), 90, "both masters Ready, a leader",
+                   interval=0.2)
+        leader = lab.leader()
+        if leader.status.container_statuses[0].restart_count == 0:
+            break
+        lab.core.delete_namespaced_pod(leader.metadata.name, NS)
+        wait_until(lambda uid=leader.metadata.uid: (p := lab.leader()) is not None
+                   and p.metadata.uid != uid, 60, "a new leader", interval=0.1)
+    assert leader.status.container_statuses[0].restart_count == 0
+    identity = f"{leader.metadata.name}_{leader.metadata.uid}"
+    lease = coordination.read_namespaced_lease("bind-master-leader", NS)
+    assert lease.spec.holder_identity == identity
+    transitions = lease.spec.lease_transitions
+    updates = UpdateClient(lab, "k")
+    updates.start()
+    wait_until(lambda: len(updates.acked) >= 20, 30,
+               "20 updates acknowledged before the kill", interval=0.1)
+    os.kill(lab.task_pid(leader), signal.SIGKILL)
+    started = time.monotonic()
+
+    def restarted() -> Any | None:
+        pod = lab.core.read_namespaced_pod(leader.metadata.name, NS)
+        status = pod.status.container_statuses[0]
+        return pod if status.restart_count == 1 and status.state.running else None
+    wait_until(restarted, 30, f"{leader.metadata.name}'s container restarted", interval=0.1)
+    restarted_after = time.monotonic() - started
+
+    def leads_again() -> Any | None:
+        # The label outlives the dead container: the new container's own readiness
+        # (/readyz: named answers SOA for every zone) says it leads again.
+        pod = lab.leader()
+        if pod is None or pod.metadata.uid != leader.metadata.uid:
+            return None
+        status = pod.status.container_statuses[0]
+        return pod if status.restart_count == 1 and status.ready else None
+    again = wait_until(leads_again, 30, f"{leader.metadata.name} leads again", interval=0.1)
+    led_after = time.monotonic() - started
+    acked, failures = updates.finish(again)
+    lost = [n for n in acked if n not in names_on(lab, again.status.pod_ip)]
+    lease = coordination.read_namespaced_lease("bind-master-leader", NS)
+    print(f"\nkilled leader container {leader.metadata.name}: restarted after "
+          f"{restarted_after:.1f}s, leads again after {led_after:.1f}s as {identity}; "
+          f"Lease transitions {transitions} -> {lease.spec.lease_transitions}; "
+          f"{len(acked)} updates acknowledged, {failures} unanswered, {len(lost)} lost")
+    assert lease.spec.holder_identity == identity
+    assert lease.spec.lease_transitions == transitions  # its own Lease, not a new term
+    assert lost == []
 
 
 def test_the_secondaries_slices_feed_also_notify(running: Lab) -> None:
