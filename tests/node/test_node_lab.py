@@ -589,3 +589,44 @@ def test_a_frozen_leader_is_killed_by_its_liveness_probe_and_the_standby_takes_o
             c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
     wait_until(standby_again, 90, f"{old.metadata.name} back as a Ready standby",
                interval=0.2)
+
+
+def soa(address: str, zone: str) -> bool:
+    try:
+        answer = dns.query.udp(dns.message.make_query(zone, "SOA"), address, timeout=1)
+    except (OSError, dns.exception.DNSException):
+        return False
+    return answer.rcode() == dns.rcode.NOERROR and bool(answer.answer)
+
+
+def test_a_configmap_update_reaches_the_pods_and_is_hot_reloaded(running: Lab) -> None:
+    """`kubectl apply` of the ConfigMap with a zone more: the kubelet's atomic writer swaps
+    the mounted files (..data), the supervisors reload without a restart, and the leader
+    and the secondary serve the new zone."""
+    lab = running
+    wait_until(lambda: masters_ready(lab), 90, "both masters Ready, a leader", interval=0.2)
+    leader = lab.leader()
+    restarts = {p.metadata.name: p.status.container_statuses[0].restart_count
+                for p in lab.pods("bind-master") + lab.pods("bind-secondary")}
+    configmap = next(o for o in kustomize_build() if o["kind"] == "ConfigMap")
+    text = configmap["data"]["config.yaml"]
+    assert text.rstrip().endswith("updatePolicy: [{key: update-key, rule: zonesub}]")
+    configmap["data"]["config.yaml"] = text + (
+        "  - name: example.org\n"
+        "    nameservers: [{name: ns1.example.org, addresses: [192.0.2.54]}]\n"
+        "    updatePolicy: [{key: update-key, rule: zonesub}]\n")
+    started = time.monotonic()
+    apply(lab.node_lab.api, [configmap])
+    secondaries = [p.status.pod_ip for p in lab.pods("bind-secondary")]
+    wait_until(lambda: soa(leader.status.pod_ip, "example.org."), 90,
+               "the leader serves example.org", interval=0.2)
+    on_leader = time.monotonic() - started
+    wait_until(lambda: all(soa(a, "example.org.") for a in secondaries), 60,
+               "the secondaries serve example.org", interval=0.2)
+    on_secondaries = time.monotonic() - started
+    now = {p.metadata.name: p.status.container_statuses[0].restart_count
+           for p in lab.pods("bind-master") + lab.pods("bind-secondary")}
+    print(f"\nConfigMap update: example.org served by the leader after {on_leader:.1f}s, "
+          f"by the secondaries after {on_secondaries:.1f}s; restarts {restarts} -> {now}")
+    assert now == restarts, "a reload must not restart a container"
+    assert lab.leader().metadata.uid == leader.metadata.uid
