@@ -39,9 +39,15 @@ from typing import Any
 from harness.loopback import claim
 
 ROOT = Path(__file__).resolve().parent.parent
+IMAGE_SCRIPT = ROOT / "scripts" / "build-node-image.sh"
 BUILD_SCRIPT = ROOT / "scripts" / "build-kubenode.sh"
 RECORDS = Path("/run/bindha-kubenode")
+# manifests/overlays/node-lab's hostPath PV is LAB_SHARE/dyn (tests/node/test_node_lab.py).
+LAB_SHARE = Path("/var/tmp/bindha-node-lab")
 RUNC = Path("/usr/sbin/runc")
+# Every node's pod subnet (10.{220 + index}.{lab}.0/24) lies in it, and nothing else
+# does: 10.213/16 is NetLab's, 10.214/16 the Ceph lab's.
+POD_RANGE = "10.220.0.0/14"
 SERVICE_RANGE = "10.0.0.0/24"  # harness.testplane's --service-cluster-ip-range
 CNI_BIN = Path("/usr/lib/cni")
 IMAGE_WORK = Path(os.environ.get("BINDHA_IMAGE_WORK", "/var/tmp/bindha-rwx-image"))
@@ -133,6 +139,18 @@ def pack_image(out: Path, name: str, files: dict[str, Path | bytes],
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
     return out
+
+
+def node_image_archive() -> Path:
+    """The product image (bindha-rwx:<version>) as a docker-archive for `ctr images
+    import`: scripts/build-node-image.sh, cached by the hash of what the Dockerfile copies
+    (cold ~95 s with the base cached, ~150 s without; warm 0.02 s)."""
+    explicit = os.environ.get("BINDHA_NODE_IMAGE_ARCHIVE")
+    if explicit:
+        return Path(explicit)
+    result = subprocess.run([str(IMAGE_SCRIPT)], stdout=subprocess.PIPE, text=True,
+                            timeout=1800, check=True)
+    return Path(result.stdout.strip().splitlines()[-1])
 
 
 def build_parts() -> dict[str, Path]:
@@ -388,6 +406,17 @@ def cleanup_stale() -> dict[str, list[str]]:
     return cleaned
 
 
+def clean_lab_share() -> bool:
+    """Remove the node-lab overlay's hostPath directory (LAB_SHARE) unless a live run
+    holds it (claim "node-lab-share"); True if it is gone."""
+    if not LAB_SHARE.exists():
+        return True
+    if not claim("node-lab-share"):
+        return False
+    shutil.rmtree(LAB_SHARE, ignore_errors=True)
+    return not LAB_SHARE.exists()
+
+
 def _free_port() -> int:
     import socket
     with socket.socket() as sock:
@@ -570,9 +599,13 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
         cni = {"cniVersion": "1.0.0", "name": f"bindha-{self.name}", "plugins": [{
             "type": "bridge", "bridge": "kbr0", "isGateway": True, "isDefaultGateway": False,
             "ipMasq": False, "hairpinMode": True,
-            # The one route a pod gets: the Service range, via the node (kube-proxy).
+            # A pod's routes, all via its node and none a default one: the Service range
+            # (kube-proxy), the other nodes' pods (POD_RANGE, routed node to node over
+            # the lab bridge: connect()) and the lab bridge's subnet (a test in the root
+            # netns talking to a pod gets its answers). Nothing else is reachable.
             "ipam": {"type": "host-local", "ranges": [[{"subnet": self.pod_subnet}]],
-                     "routes": [{"dst": SERVICE_RANGE}],
+                     "routes": [{"dst": SERVICE_RANGE}, {"dst": POD_RANGE},
+                                {"dst": f"10.213.{self.net.subnet}.0/24"}],
                      "dataDir": str(w / "cni" / "ipam")}}]}
         (w / "cni" / "net.d").mkdir(parents=True, exist_ok=True)
         (w / "cni" / "net.d" / "10-bridge.conflist").write_text(json.dumps(cni, indent=2))
@@ -697,6 +730,14 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
         path.write_text(json.dumps(config, indent=2))
         return [str(self.parts["kube-proxy"]), f"--config={path}", "--v=1"]
 
+    def connect(self, other: KubeNode) -> None:
+        """Pod to pod across nodes: each node's netns routes the other's pod subnet to it
+        over the lab bridge (the nodes forward; the root netns only bridges). The routes
+        go with the nodes' netns."""
+        for here, there in ((self, other), (other, self)):
+            _run(["ip", "-n", here.netns, "route", "replace", there.pod_subnet, "via",
+                  there.ip])
+
     def adopt(self, pid: int, marker: str) -> None:
         """Have ``cleanup`` stop ``pid`` too (its command line holding ``marker``) if this
         run dies: the control plane's processes do not die with the harness."""
@@ -812,6 +853,8 @@ def main() -> int:
     elif args.action == "cleanup":
         cleaned = cleanup_stale()
         print(f"cleaned {len(cleaned)} node(s){': ' if cleaned else ''}{' '.join(cleaned)}")
+        if not clean_lab_share():
+            print(f"{LAB_SHARE} is held by a live run: kept")
         for name, left in cleaned.items():
             for item in left:
                 print(f"{name}: left {item}")

@@ -58,6 +58,11 @@ class TestPlane:
     host: str = "127.0.0.1"
     admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
     extra_tokens: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    # The ServiceAccount admission plugin (a pod's projected token, automounted) is off by
+    # default: the kube tests create pods in namespaces without the "default" account. A
+    # plane with a node (tests/node) turns it on: the kubelet then asks TokenRequest for
+    # each pod's token, signed with sa.key (no token controller needed).
+    service_accounts: bool = False
     process: subprocess.Popen[bytes] | None = None
 
     __test__ = False  # not a pytest test class
@@ -111,7 +116,7 @@ class TestPlane:
             "--service-account-issuer=https://kubernetes.default.svc",
             f"--service-account-key-file={sa_key}",
             f"--service-account-signing-key-file={sa_key}",
-            "--disable-admission-plugins=ServiceAccount",
+            *(() if self.service_accounts else ("--disable-admission-plugins=ServiceAccount",)),
             "--allow-privileged=true",
             "--v=0",
         ]

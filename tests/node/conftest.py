@@ -66,7 +66,8 @@ def node_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeLab]:
         raise
     workdir = tmp_path_factory.mktemp("nodelab")
     net = NetLab()
-    plane = TestPlane(binary=plane_binary, workdir=workdir / "plane", host=net.api_host)
+    plane = TestPlane(binary=plane_binary, workdir=workdir / "plane", host=net.api_host,
+                      service_accounts=True)
     extras: ControlPlaneExtras | None = None
     node: KubeNode | None = None
     timings: dict[str, float] = {}
@@ -136,5 +137,17 @@ def node_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeLab]:
 def namespace(node_lab: NodeLab) -> Iterator[str]:
     name = f"n-{uuid.uuid4().hex[:10]}"
     node_lab.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+
+    def default_account() -> bool:
+        # ServiceAccount admission is on (the kubelet mounts each pod's projected token):
+        # a pod is refused until the serviceaccount controller made "default".
+        try:
+            node_lab.core.read_namespaced_service_account("default", name)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+    wait_until(default_account, 30, f"ServiceAccount {name}/default", interval=0.1)
     yield name
     node_lab.core.delete_namespace(name)

@@ -133,7 +133,8 @@ def test_nothing_on_the_node_routes_off_the_machine(node_lab: NodeLab, namespace
     anywhere off the machine): asked by `ip route get`, which sends nothing."""
     nameservers = [line.split()[1] for line in Path("/etc/resolv.conf").read_text().splitlines()
                    if line.startswith("nameserver") and len(line.split()) > 1]
-    targets = [*nameservers, "1.1.1.1"]
+    # ... nor to the Ceph lab (10.214/16) or just past the pods' range (10.220.0.0/14).
+    targets = [*nameservers, "1.1.1.1", "10.214.0.1", "10.224.0.1"]
     manifest = pod("isolated", "touch /tmp/ready; trap 'exit 0' TERM; "
                                "while true; do sleep 0.1; done",
                    nodeName=node_lab.node.name, terminationGracePeriodSeconds=2,

@@ -1,0 +1,632 @@
+"""The product on two real nodes, applied as a user would (issue 13 stage 2).
+
+`kustomize build manifests/overlays/node-lab` is server-side applied into bindha-lab, a
+namespace enforcing Pod Security "restricted"; the pods run the image of
+scripts/build-node-image.sh under the kubelets, with projected service-account tokens,
+the kubelet's HTTP probes, the real statefulset, endpointslice and disruption controllers.
+The RWX volume is a hostPath PV onto a directory root owns: the masters exit 2 until the
+documented `chown 101:101`.
+
+Long (a few minutes): marker node_e2e, outside the default run; scripts/test-node runs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dns.exception
+import dns.message
+import dns.query
+import dns.rcode
+import dns.tsigkeyring
+import dns.update
+import pytest
+import yaml
+from kubernetes import client, dynamic
+
+from harness.kubenode import LAB_SHARE, KubeNode, node_image_archive
+from harness.loopback import claim
+from harness.polling import wait_until
+from tests.conftest import require
+from tests.node.conftest import NodeLab, node_ready
+
+pytestmark = [pytest.mark.node, pytest.mark.node_e2e]
+ROOT = Path(__file__).resolve().parents[2]
+OVERLAY = ROOT / "manifests" / "overlays" / "node-lab"
+NS = "bindha-lab"
+SHARE = LAB_SHARE / "dyn"  # the overlay's hostPath PV
+ZONE = "example.com."
+
+
+@dataclass
+class Lab:
+    node_lab: NodeLab
+    nodes: dict[str, KubeNode]
+    keys: dict[str, tuple[str, str]]  # name -> (algorithm, secret)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return self.node_lab.core
+
+    def pods(self, name: str) -> list[Any]:
+        return self.core.list_namespaced_pod(
+            NS, label_selector=f"app.kubernetes.io/name={name}").items
+
+    def leader(self) -> Any | None:
+        leaders = self.core.list_namespaced_pod(
+            NS, label_selector="app.kubernetes.io/name=bind-master,role=leader").items
+        return leaders[0] if len(leaders) == 1 else None
+
+    def slice_endpoints(self, service: str) -> dict[str, tuple[str, bool]]:
+        """pod name -> (address, ready) from the controller's EndpointSlices."""
+        slices = client.DiscoveryV1Api(self.node_lab.api).list_namespaced_endpoint_slice(
+            NS, label_selector=f"kubernetes.io/service-name={service}").items
+        return {e.target_ref.name: (e.addresses[0], bool(e.conditions.ready))
+                for s in slices for e in s.endpoints or [] if e.target_ref}
+
+    def task_pid(self, pod: Any) -> int:
+        return self.nodes[pod.spec.node_name].task_pid(NS, pod.metadata.name, "bind")
+
+    def keyring(self, name: str) -> Any:
+        algorithm, secret = self.keys[name]
+        return dns.tsigkeyring.from_text({name: (algorithm, secret)})
+
+
+def tsig_key(name: str) -> tuple[str, str, str]:
+    """(algorithm, secret, the key file's text) from BIND's own tsig-keygen."""
+    text = subprocess.run(["tsig-keygen", "-a", "hmac-sha256", name], capture_output=True,
+                          text=True, timeout=30, check=True).stdout
+    secret = text.split('secret "', 1)[1].split('"', 1)[0]
+    return "hmac-sha256", secret, text
+
+
+def apply(api: client.ApiClient, objects: list[dict]) -> None:
+    """`kubectl apply --server-side` of each object, as the field manager kubectl."""
+    dyn = dynamic.DynamicClient(api)
+    for obj in objects:
+        resource = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        resource.server_side_apply(body=obj, name=obj["metadata"]["name"],
+                                   namespace=obj["metadata"].get("namespace"),
+                                   field_manager="kubectl", force_conflicts=True)
+
+
+def kustomize_build() -> list[dict]:
+    binary = os.environ.get("BINDHA_KUSTOMIZE_BIN") or subprocess.run(
+        [str(ROOT / "scripts" / "build-kustomize.sh")], capture_output=True, text=True,
+        timeout=1800, check=True).stdout.strip()
+    out = subprocess.run([binary, "build", str(OVERLAY)], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def fresh_share() -> None:
+    """A share as a fresh RWX volume comes: empty, owned by root, mode 0755."""
+    if SHARE.parent.exists():
+        shutil.rmtree(SHARE.parent)
+    SHARE.mkdir(parents=True)
+    os.chown(SHARE, 0, 0)
+    SHARE.chmod(0o755)
+
+
+def terminated(pod: Any) -> Any | None:
+    for status in pod.status.container_statuses or []:
+        for state in (status.state, status.last_state):
+            if state is not None and state.terminated is not None:
+                return state.terminated
+    return None
+
+
+@pytest.fixture(scope="module")
+def lab(node_lab: NodeLab) -> Iterator[Lab]:
+    try:
+        archive = node_image_archive()
+    except Exception as exc:  # the build's own output is on stderr already
+        require(False, f"the product image could not be built: {exc}")
+        raise
+    # One run at a time: the overlay names a fixed host directory (kubenode cleanup
+    # removes it after a killed run).
+    require(claim("node-lab-share"), f"{LAB_SHARE} is in use by another run")
+    first = node_lab.node
+    second = KubeNode(first.parts, node_lab.net, first.server, first.ca, first.token,
+                      index=2, proxy=True)
+    timings: dict[str, float] = {}
+    core = node_lab.core
+    cluster_scoped: list[dict] = []
+    try:
+        started = time.monotonic()
+        second.start(images=[node_lab.image])
+
+        def ready() -> bool:
+            assert second.kubelet is not None
+            second.kubelet.check()
+            return node_ready(core, second.name)
+        wait_until(ready, 60, f"{second.name} Ready", interval=0.1)
+        timings["second node Ready"] = time.monotonic() - started
+        first.connect(second)
+        for node in (first, second):
+            started = time.monotonic()
+            node.import_image(archive)
+            timings[f"image import {node.name}"] = time.monotonic() - started
+        fresh_share()
+        objects = kustomize_build()
+        namespace = [o for o in objects if o["kind"] == "Namespace"]
+        cluster_scoped = [o for o in objects if o["kind"] != "Namespace"
+                          and "namespace" not in o["metadata"]]
+        started = time.monotonic()
+        apply(node_lab.api, namespace)
+        keys: dict[str, tuple[str, str]] = {}
+        data: dict[str, str] = {}
+        for name in ("update-key", "transfer-key"):
+            algorithm, secret, text = tsig_key(name)
+            keys[name] = (algorithm, secret)
+            data[f"{name}.key"] = text
+        # docs/deploy.md step 2: the user's own Secret, made from tsig-keygen.
+        core.create_namespaced_secret(NS, {"apiVersion": "v1", "kind": "Secret",
+                                           "metadata": {"name": "bind-tsig"},
+                                           "stringData": data})
+        apply(node_lab.api, [o for o in objects if o["kind"] != "Namespace"])
+        timings["apply"] = time.monotonic() - started
+        yield Lab(node_lab, {first.name: first, second.name: second}, keys, timings)
+    finally:
+        print("\nnode lab timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+        with contextlib.suppress(client.ApiException):
+            core.delete_namespace(NS, grace_period_seconds=0)
+
+        def gone() -> bool:
+            try:
+                core.read_namespace(NS)
+            except client.ApiException as exc:
+                return exc.status == 404
+            return False
+        ns_gone = True
+        try:
+            wait_until(gone, 90, f"namespace {NS} deleted", interval=0.5)
+        except Exception:
+            ns_gone = False
+        dyn = dynamic.DynamicClient(node_lab.api)
+        for obj in cluster_scoped:  # the PV, the ClusterRole and its binding
+            with contextlib.suppress(client.ApiException):
+                dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"]).delete(
+                    name=obj["metadata"]["name"])
+        left = second.stop()
+        with contextlib.suppress(client.ApiException):
+            core.delete_node(second.name)
+        if SHARE.parent.exists():
+            shutil.rmtree(SHARE.parent)
+        assert left == [], left
+        assert ns_gone, f"namespace {NS} not deleted within 90 s"
+
+
+@pytest.fixture(scope="module")
+def running(lab: Lab) -> Lab:
+    """The masters after the documented fix: root-owned share -> exit 2 -> chown -> Ready."""
+    started = time.monotonic()
+
+    def exited_2() -> list[Any] | None:
+        pods = lab.pods("bind-master")
+        done = [p for p in pods if (t := terminated(p)) is not None and t.exit_code == 2]
+        return done if len(done) == 2 else None
+    pods = wait_until(exited_2, 120, "both masters exit 2 on the root-owned share",
+                      interval=0.5)
+    lab.timings["masters exit 2"] = time.monotonic() - started
+    try:  # the last exit's log (the container may be waiting to restart, or running)
+        log = lab.core.read_namespaced_pod_log(pods[0].metadata.name, NS, container="bind",
+                                               previous=True)
+    except client.ApiException:
+        log = lab.core.read_namespaced_pod_log(pods[0].metadata.name, NS, container="bind")
+    print(f"\nmaster log on the root-owned share:\n{log.strip()[-600:]}")
+    assert "cannot write there" in log and "chown -R 101:101" in log, log
+    assert not list(SHARE.iterdir()), "a master wrote on a share it must not use"
+    # The fix, as docs/deploy.md "The shared volume's owner" gives it.
+    os.chown(SHARE, 101, 101)
+    started = time.monotonic()
+
+    def all_ready() -> bool:
+        pods = lab.pods("bind-master") + lab.pods("bind-secondary")
+        return len(pods) == 3 and all(
+            any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+            for p in pods)
+    wait_until(all_ready, 180, "every pod Ready after chown 101:101", interval=0.5)
+    lab.timings["Ready after chown (kubelet back-off included)"] = time.monotonic() - started
+    return lab
+
+
+def test_every_pod_ready_and_the_leader_slice_holds_exactly_the_leader(running: Lab) -> None:
+    lab = running
+    masters = lab.pods("bind-master")
+    assert {p.spec.node_name for p in masters} == set(lab.nodes), "anti-affinity: one per node"
+    leader = wait_until(lab.leader, 30, "one master labelled role=leader", interval=0.2)
+    expected = {leader.metadata.name: (leader.status.pod_ip, True)}
+    wait_until(lambda: lab.slice_endpoints("bind-master") == expected, 30,
+               "bind-master's EndpointSlice holds exactly the leader", interval=0.2)
+    print(f"\nleader {leader.metadata.name} on {leader.spec.node_name}; "
+          f"slice {lab.slice_endpoints('bind-master')}")
+
+
+def send_update(lab: Lab, address: str, name: str, timeout: float = 1.0) -> bool:
+    update = dns.update.UpdateMessage(ZONE, keyring=lab.keyring("update-key"),
+                                      keyalgorithm="hmac-sha256")
+    update.replace(name, 300, "TXT", f'"{name}"')
+    try:
+        answer = dns.query.tcp(update, address, timeout=timeout)
+    except (OSError, EOFError, dns.exception.DNSException):
+        return False
+    return answer.rcode() == dns.rcode.NOERROR
+
+
+def names_on(lab: Lab, address: str) -> set[str]:
+    """Every owner name in the zone, by AXFR with the transfer key."""
+    names: set[str] = set()
+    for message in dns.query.xfr(address, ZONE, keyring=lab.keyring("transfer-key"),
+                                 keyname="transfer-key", keyalgorithm="hmac-sha256",
+                                 lifetime=10, relativize=False):
+        for rrset in message.answer:
+            names.add(rrset.name.to_text())
+    return names
+
+
+class UpdateClient:
+    """A client behind the leader-only Service: TSIG updates, one every 50 ms, to
+    whatever address the controller's slice lists as ready (bounded: 5000 at most)."""
+
+    def __init__(self, lab: Lab, prefix: str) -> None:
+        self.lab, self.prefix = lab, prefix
+        self.acked: list[str] = []
+        self.failures = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        for i in range(5000):
+            if self.stop.is_set():
+                return
+            ready = [a for a, r in self.lab.slice_endpoints("bind-master").values() if r]
+            if len(ready) == 1:
+                name = f"{self.prefix}{i}.{ZONE}"
+                if send_update(self.lab, ready[0], name):
+                    self.acked.append(name)
+                else:
+                    self.failures += 1
+            self.stop.wait(0.05)
+
+    def finish(self, leader: Any) -> tuple[list[str], int]:
+        """Wait for 20 updates acknowledged by ``leader``, then stop."""
+        count = len(self.acked)
+        wait_until(lambda: len(self.acked) >= count + 20, 60,
+                   f"20 updates acknowledged by {leader.metadata.name}", interval=0.1)
+        self.stop.set()
+        self.thread.join(10)
+        return list(self.acked), self.failures
+
+
+def serves(address: str, name: str) -> bool:
+    """The server at ``address`` answers ``name`` TXT (secondaries allow no AXFR)."""
+    try:
+        answer = dns.query.udp(dns.message.make_query(name, "TXT"), address, timeout=1)
+    except (OSError, dns.exception.DNSException):
+        return False
+    return answer.rcode() == dns.rcode.NOERROR and bool(answer.answer)
+
+
+def test_deleting_the_leader_hands_over_gracefully_with_no_acknowledged_update_lost(
+        running: Lab) -> None:
+    lab = running
+    old = wait_until(lab.leader, 30, "a leader", interval=0.2)
+    updates = UpdateClient(lab, "u")
+    updates.start()
+    wait_until(lambda: len(updates.acked) >= 20, 30,
+               "20 updates acknowledged before the delete", interval=0.1)
+    old_uid = old.metadata.uid
+    grace = old.spec.termination_grace_period_seconds
+    started = time.monotonic()
+    lab.core.delete_namespaced_pod(old.metadata.name, NS)
+
+    def new_leader() -> Any | None:
+        pod = lab.leader()
+        return pod if pod is not None and pod.metadata.uid != old_uid else None
+    leader = wait_until(new_leader, grace + 30, "a new leader", interval=0.1)
+    took_over = time.monotonic() - started
+
+    def old_gone() -> bool:
+        pods = [p for p in lab.pods("bind-master") if p.metadata.uid == old_uid]
+        return not pods
+    wait_until(old_gone, grace + 10, "the old leader's pod gone", interval=0.1)
+    old_gone_after = time.monotonic() - started
+    acked, failures = updates.finish(leader)
+    on_new = names_on(lab, leader.status.pod_ip)
+    lost = [n for n in acked if n not in on_new]
+    print(f"\nhandover {old.metadata.name} -> {leader.metadata.name}: new leader after "
+          f"{took_over:.1f}s, old pod gone after {old_gone_after:.1f}s (grace {grace}s); "
+          f"{len(acked)} updates acknowledged, {failures} unanswered/refused, "
+          f"{len(lost)} lost")
+    assert lost == []
+    assert old_gone_after < grace, "the old leader needed the whole grace period"
+
+    def recreated_standby() -> bool:
+        pods = {p.metadata.name: p for p in lab.pods("bind-master")}
+        pod = pods.get(old.metadata.name)
+        return (pod is not None and pod.metadata.uid != old_uid
+                and pod.metadata.labels.get("role") == "standby"
+                and any(c.type == "Ready" and c.status == "True"
+                        for c in pod.status.conditions or []))
+    started = time.monotonic()
+    wait_until(recreated_standby, 90, f"{old.metadata.name} recreated, Ready, standby",
+               interval=0.2)
+    print(f"{old.metadata.name} recreated as a Ready standby in "
+          f"{time.monotonic() - started:.1f}s")
+
+
+def masters_ready(lab: Lab) -> bool:
+    pods = lab.pods("bind-master")
+    return len(pods) == 2 and all(
+        any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        for p in pods) and lab.leader() is not None
+
+
+def test_a_killed_leader_container_is_restarted_and_re_takes_its_own_lease(
+        running: Lab) -> None:
+    """SIGKILL the leader's supervisor (the container's PID 1; named dies with it): the
+    kubelet restarts the container in the same pod, and the supervisor, whose identity is
+    pod name + UID, re-takes its own Lease before it expires (DESIGN invariant 13)."""
+    lab = running
+    coordination = client.CoordinationV1Api(lab.node_lab.api)
+    # A container that never restarted: the kubelet restarts it at once (later restarts
+    # back off 10 s, 20 s, ..., longer than the lab's 6 s Lease). Hand over until the
+    # leader is such a pod (a deleted pod comes back fresh).
+    for _ in range(3):
+        wait_until(lambda: masters_ready(lab), 90, "both masters Ready, a leader",
+                   interval=0.2)
+        leader = lab.leader()
+        if leader.status.container_statuses[0].restart_count == 0:
+            break
+        lab.core.delete_namespaced_pod(leader.metadata.name, NS)
+        wait_until(lambda uid=leader.metadata.uid: (p := lab.leader()) is not None
+                   and p.metadata.uid != uid, 60, "a new leader", interval=0.1)
+    assert leader.status.container_statuses[0].restart_count == 0
+    identity = f"{leader.metadata.name}_{leader.metadata.uid}"
+    lease = coordination.read_namespaced_lease("bind-master-leader", NS)
+    assert lease.spec.holder_identity == identity
+    transitions = lease.spec.lease_transitions
+    updates = UpdateClient(lab, "k")
+    updates.start()
+    wait_until(lambda: len(updates.acked) >= 20, 30,
+               "20 updates acknowledged before the kill", interval=0.1)
+    os.kill(lab.task_pid(leader), signal.SIGKILL)
+    started = time.monotonic()
+
+    def restarted() -> Any | None:
+        pod = lab.core.read_namespaced_pod(leader.metadata.name, NS)
+        status = pod.status.container_statuses[0]
+        return pod if status.restart_count == 1 and status.state.running else None
+    wait_until(restarted, 30, f"{leader.metadata.name}'s container restarted", interval=0.1)
+    restarted_after = time.monotonic() - started
+
+    def leads_again() -> Any | None:
+        # The label outlives the dead container: the new container's own readiness
+        # (/readyz: named answers SOA for every zone) says it leads again.
+        pod = lab.leader()
+        if pod is None or pod.metadata.uid != leader.metadata.uid:
+            return None
+        status = pod.status.container_statuses[0]
+        return pod if status.restart_count == 1 and status.ready else None
+    again = wait_until(leads_again, 30, f"{leader.metadata.name} leads again", interval=0.1)
+    led_after = time.monotonic() - started
+    acked, failures = updates.finish(again)
+    lost = [n for n in acked if n not in names_on(lab, again.status.pod_ip)]
+    lease = coordination.read_namespaced_lease("bind-master-leader", NS)
+    print(f"\nkilled leader container {leader.metadata.name}: restarted after "
+          f"{restarted_after:.1f}s, leads again after {led_after:.1f}s as {identity}; "
+          f"Lease transitions {transitions} -> {lease.spec.lease_transitions}; "
+          f"{len(acked)} updates acknowledged, {failures} unanswered, {len(lost)} lost")
+    assert lease.spec.holder_identity == identity
+    assert lease.spec.lease_transitions == transitions  # its own Lease, not a new term
+    assert lost == []
+
+
+def test_the_secondaries_slices_feed_also_notify(running: Lab) -> None:
+    lab = running
+    secondaries = lab.pods("bind-secondary")
+    addresses = {p.status.pod_ip for p in secondaries}
+    wait_until(lambda: {a for a, _ in lab.slice_endpoints("bind-secondary").values()}
+               == addresses, 30, "the secondaries' slice lists every secondary",
+               interval=0.2)
+    leader = wait_until(lab.leader, 30, "a leader", interval=0.2)
+    # /var/run is the image's symlink to /run: an absolute link under /proc/PID/root
+    # would resolve in this process's root, so name /run itself.
+    conf = Path(f"/proc/{lab.task_pid(leader)}/root/run/bindha/named.conf")
+
+    def notified() -> bool:
+        text = conf.read_text()
+        return all(a in text.split("also-notify", 1)[-1] for a in addresses)
+    wait_until(notified, 30, f"also-notify lists {addresses}", interval=0.2)
+    # The secondary serves an update made on the leader (NOTIFY, then the transfer).
+    name = f"notify-{int(time.time())}.{ZONE}"
+    assert send_update(lab, leader.status.pod_ip, name, timeout=3)
+    started = time.monotonic()
+    wait_until(lambda: all(serves(a, name) for a in addresses), 30,
+               f"{name} on every secondary", interval=0.2)
+    print(f"\nalso-notify {sorted(addresses)}; an update reached the secondaries in "
+          f"{time.monotonic() - started:.2f}s")
+
+
+def test_the_eviction_api_respects_the_pdb(running: Lab) -> None:
+    lab = running
+    wait_until(lambda: all(
+        any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        for p in lab.pods("bind-master")) and len(lab.pods("bind-master")) == 2, 90,
+        "both masters Ready", interval=0.2)
+    policy = client.PolicyV1Api(lab.node_lab.api)
+    wait_until(lambda: (policy.read_namespaced_pod_disruption_budget("bind-master", NS)
+                        .status.disruptions_allowed or 0) == 1, 30,
+               "the PDB allows one disruption", interval=0.2)
+    leader = wait_until(lab.leader, 30, "a leader", interval=0.2)
+    standby = next(p for p in lab.pods("bind-master")
+                   if p.metadata.name != leader.metadata.name)
+
+    def evict(pod: Any) -> int:
+        try:
+            lab.core.create_namespaced_pod_eviction(pod.metadata.name, NS, {
+                "apiVersion": "policy/v1", "kind": "Eviction",
+                "metadata": {"name": pod.metadata.name, "namespace": NS}})
+        except client.ApiException as exc:
+            return int(exc.status)
+        return 201
+    assert evict(standby) == 201
+    assert evict(leader) == 429, "the PDB let a second master go"
+    started = time.monotonic()
+
+    def back() -> bool:
+        pods = lab.pods("bind-master")
+        return len(pods) == 2 and all(
+            p.metadata.uid != standby.metadata.uid and any(
+                c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+            for p in pods)
+    wait_until(back, 90, "the evicted standby back and Ready", interval=0.2)
+    wait_until(lambda: evict_dry(lab, leader) == 201, 30,
+               "the PDB allows a disruption again", interval=0.5)
+    print(f"\neviction: standby 201, leader 429 meanwhile; back in "
+          f"{time.monotonic() - started:.1f}s")
+
+
+def evict_dry(lab: Lab, pod: Any) -> int:
+    try:
+        lab.core.create_namespaced_pod_eviction(pod.metadata.name, NS, {
+            "apiVersion": "policy/v1", "kind": "Eviction",
+            "metadata": {"name": pod.metadata.name, "namespace": NS},
+            "deleteOptions": {"dryRun": ["All"]}})
+    except client.ApiException as exc:
+        return int(exc.status)
+    return 201
+
+
+def test_the_liveness_probe_kills_a_frozen_supervisor(running: Lab) -> None:
+    lab = running
+    leader = wait_until(lab.leader, 30, "a leader", interval=0.2)
+    standby = next(p for p in lab.pods("bind-master")
+                   if p.metadata.name != leader.metadata.name)
+    restarts = standby.status.container_statuses[0].restart_count
+    pid = lab.task_pid(standby)
+    os.kill(pid, signal.SIGSTOP)
+    started = time.monotonic()
+
+    def restarted() -> bool:
+        pod = lab.core.read_namespaced_pod(standby.metadata.name, NS)
+        return pod.status.container_statuses[0].restart_count > restarts
+    try:
+        wait_until(restarted, 60, "the kubelet restarted the frozen supervisor",
+                   interval=0.2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    took = time.monotonic() - started
+    events = lab.core.list_namespaced_event(
+        NS, field_selector=f"involvedObject.name={standby.metadata.name}").items
+    reasons = [(e.reason, e.message) for e in events if e.reason in ("Unhealthy", "Killing")]
+    print(f"\nfrozen supervisor of {standby.metadata.name} restarted after {took:.1f}s; "
+          f"events {reasons[-3:]}")
+    assert any(r == "Unhealthy" and "Liveness" in (m or "") for r, m in reasons), reasons
+    # periodSeconds 2 + timeoutSeconds 1, then the probe's own grace (10 s) for the kill
+    # that SIGTERM cannot do, not the pod's 30 s; a margin for a loaded machine.
+    grace = next(c.liveness_probe.termination_grace_period_seconds
+                 for c in standby.spec.containers if c.name == "bind")
+    assert grace == 10 and took < grace + 10, took
+
+
+def test_a_frozen_leader_is_killed_by_its_liveness_probe_and_the_standby_takes_over(
+        running: Lab) -> None:
+    """SIGSTOP the leader's supervisor: its named keeps serving and the lock stays held
+    until the kubelet's liveness kill; then the standby takes the lock and leads, with
+    every acknowledged update (the journal on the shared volume) kept."""
+    lab = running
+    wait_until(lambda: len(lab.pods("bind-master")) == 2 and all(
+        any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        for p in lab.pods("bind-master")), 90, "both masters Ready", interval=0.2)
+    old = wait_until(lab.leader, 30, "a leader", interval=0.2)
+    restarts = old.status.container_statuses[0].restart_count
+    updates = UpdateClient(lab, "f")
+    updates.start()
+    wait_until(lambda: len(updates.acked) >= 20, 30,
+               "20 updates acknowledged before the freeze", interval=0.1)
+    pid = lab.task_pid(old)
+    os.kill(pid, signal.SIGSTOP)
+    started = time.monotonic()
+    try:
+        def new_leader() -> Any | None:
+            pod = lab.leader()
+            return pod if pod is not None and pod.metadata.name != old.metadata.name else None
+        leader = wait_until(new_leader, 60, "the standby leads", interval=0.1)
+        took_over = time.monotonic() - started
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    acked, failures = updates.finish(leader)
+    lost = [n for n in acked if n not in names_on(lab, leader.status.pod_ip)]
+    pod = lab.core.read_namespaced_pod(old.metadata.name, NS)
+    print(f"\nfrozen leader {old.metadata.name}: {leader.metadata.name} leads after "
+          f"{took_over:.1f}s; {old.metadata.name} restarts "
+          f"{restarts} -> {pod.status.container_statuses[0].restart_count}; "
+          f"{len(acked)} updates acknowledged, {failures} unanswered, {len(lost)} lost")
+    assert lost == []
+    assert pod.status.container_statuses[0].restart_count > restarts
+
+    def standby_again() -> bool:
+        pod = lab.core.read_namespaced_pod(old.metadata.name, NS)
+        return pod.metadata.labels.get("role") == "standby" and any(
+            c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+    wait_until(standby_again, 90, f"{old.metadata.name} back as a Ready standby",
+               interval=0.2)
+
+
+def soa(address: str, zone: str) -> bool:
+    try:
+        answer = dns.query.udp(dns.message.make_query(zone, "SOA"), address, timeout=1)
+    except (OSError, dns.exception.DNSException):
+        return False
+    return answer.rcode() == dns.rcode.NOERROR and bool(answer.answer)
+
+
+def test_a_configmap_update_reaches_the_pods_and_is_hot_reloaded(running: Lab) -> None:
+    """`kubectl apply` of the ConfigMap with a zone more: the kubelet's atomic writer swaps
+    the mounted files (..data), the supervisors reload without a restart, and the leader
+    and the secondary serve the new zone."""
+    lab = running
+    wait_until(lambda: masters_ready(lab), 90, "both masters Ready, a leader", interval=0.2)
+    leader = lab.leader()
+    restarts = {p.metadata.name: p.status.container_statuses[0].restart_count
+                for p in lab.pods("bind-master") + lab.pods("bind-secondary")}
+    configmap = next(o for o in kustomize_build() if o["kind"] == "ConfigMap")
+    text = configmap["data"]["config.yaml"]
+    assert text.rstrip().endswith("updatePolicy: [{key: update-key, rule: zonesub}]")
+    configmap["data"]["config.yaml"] = text + (
+        "  - name: example.org\n"
+        "    nameservers: [{name: ns1.example.org, addresses: [192.0.2.54]}]\n"
+        "    updatePolicy: [{key: update-key, rule: zonesub}]\n")
+    started = time.monotonic()
+    apply(lab.node_lab.api, [configmap])
+    secondaries = [p.status.pod_ip for p in lab.pods("bind-secondary")]
+    wait_until(lambda: soa(leader.status.pod_ip, "example.org."), 90,
+               "the leader serves example.org", interval=0.2)
+    on_leader = time.monotonic() - started
+    wait_until(lambda: all(soa(a, "example.org.") for a in secondaries), 60,
+               "the secondaries serve example.org", interval=0.2)
+    on_secondaries = time.monotonic() - started
+    now = {p.metadata.name: p.status.container_statuses[0].restart_count
+           for p in lab.pods("bind-master") + lab.pods("bind-secondary")}
+    print(f"\nConfigMap update: example.org served by the leader after {on_leader:.1f}s, "
+          f"by the secondaries after {on_secondaries:.1f}s; restarts {restarts} -> {now}")
+    assert now == restarts, "a reload must not restart a container"
+    assert lab.leader().metadata.uid == leader.metadata.uid
