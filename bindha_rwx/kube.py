@@ -26,6 +26,9 @@ from bindha_rwx.log import get_logger
 CLUSTER_LABEL = "bindha.io/cluster"
 COMPONENT_LABEL = "bindha.io/component"
 COMPONENT = "bindha-rwx"
+# The role under the project's prefix, always written; roleLabel.key (default ``role``)
+# carries the same value beside it, for selectors written before the prefix existed.
+ROLE_LABEL = "bindha.io/role"
 log = get_logger("kube")
 
 
@@ -237,8 +240,8 @@ class Publisher:
     def _patch(self, pod: str, value: str, uid: str | None = None) -> None:
         """``uid``: a precondition (409 if the pod is another incarnation of that name:
         an old one, back after a force delete, must not relabel the new one)."""
-        labels = {self.cfg.role_label.key: value, CLUSTER_LABEL: self.cfg.cluster,
-                  COMPONENT_LABEL: "master"}
+        labels = {ROLE_LABEL: value, self.cfg.role_label.key: value,
+                  CLUSTER_LABEL: self.cfg.cluster, COMPONENT_LABEL: "master"}
         assert self.cfg.namespace
         self.core.patch_pod_labels(self.cfg.namespace, pod, labels, uid=uid)
 

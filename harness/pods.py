@@ -30,6 +30,7 @@ from kubernetes import client
 
 from bindha_rwx.config import Config, holder_pod, load_config
 from bindha_rwx.fencing import SharedVolume
+from bindha_rwx.kube import ROLE_LABEL
 from bindha_rwx.probes import RuntimeFiles
 from harness.apiproxy import ApiProxy
 from harness.bindlab import pod_env, write_pod_config
@@ -435,8 +436,15 @@ class MasterLab:
         return wait_until(one, timeout, "one leader serving")
 
     def role_labels(self) -> dict[str, str | None]:
+        """Each pod's role label. The supervisor writes it twice (``bindha.io/role`` and
+        the alias ``role``, roleLabel.key); two values that differ read as a mismatch,
+        so every test that reads roles also checks that both are written together."""
         pods = self.core.list_namespaced_pod(self.namespace, _request_timeout=5).items
-        return {p.metadata.name: (p.metadata.labels or {}).get("role") for p in pods}
+
+        def role(labels: dict[str, str]) -> str | None:
+            prefixed, alias = labels.get(ROLE_LABEL), labels.get("role")
+            return alias if prefixed == alias else f"mismatch {ROLE_LABEL}={prefixed} role={alias}"
+        return {p.metadata.name: role(p.metadata.labels or {}) for p in pods}
 
 
 def start_lab(root: Path, namespace: str, address_pool: Any,

@@ -198,3 +198,71 @@ def test_the_octavia_service_and_a_pinned_vip_are_accepted(kustomize, api_client
     with pytest.raises(ApiException) as refused:  # the check has teeth
         client.CoreV1Api(api_client).create_namespaced_service(namespace, lb, dry_run="All")
     assert refused.value.status == 422
+
+
+RECOMMENDED = {"app.kubernetes.io/name": "bindha-rwx", "app.kubernetes.io/instance": "bind",
+               "app.kubernetes.io/part-of": "bindha-rwx",
+               "app.kubernetes.io/version": bindha_rwx.__version__,
+               "app.kubernetes.io/managed-by": "kustomize"}
+SELECTOR_KEYS = {"app.kubernetes.io/name", "app.kubernetes.io/instance",
+                 "app.kubernetes.io/component"}
+
+
+def selectors(obj: dict) -> list[dict[str, str]]:
+    """Every label selector an object carries, as matchLabels."""
+    spec = obj.get("spec", {})
+    found: list[dict[str, str]] = []
+    if obj["kind"] == "Service":
+        found.append(spec["selector"])
+    if obj["kind"] in ("StatefulSet", "PodDisruptionBudget"):
+        found.append(spec["selector"]["matchLabels"])
+    if obj["kind"] == "NetworkPolicy":
+        found.append(spec["podSelector"]["matchLabels"])
+        found += [peer["podSelector"]["matchLabels"] for rule in spec.get("ingress", [])
+                  for peer in rule.get("from", []) if peer.get("podSelector", {})
+                  .get("matchLabels", {}).get("app.kubernetes.io/name")]
+    pod = spec.get("template", {}).get("spec", {})
+    found += [t["labelSelector"]["matchLabels"] for t in pod.get("topologySpreadConstraints", [])]
+    affinity = pod.get("affinity", {}).get("podAntiAffinity", {})
+    for term in affinity.get("requiredDuringSchedulingIgnoredDuringExecution", []):
+        found.append(term["labelSelector"]["matchLabels"])
+    for term in affinity.get("preferredDuringSchedulingIgnoredDuringExecution", []):
+        found.append(term["podAffinityTerm"]["labelSelector"]["matchLabels"])
+    return found
+
+
+@pytest.mark.parametrize("path", OVERLAYS)
+def test_recommended_labels_everywhere_and_selectors_that_never_change(kustomize, path):
+    """Kubernetes' recommended labels on every object and pod; selectors (immutable on a
+    StatefulSet) only name + instance + component (+ bindha.io/role for the leader-only
+    Service), so a version bump changes no selector; each selector picks exactly the pods
+    of one component."""
+    objects = build(kustomize, path)
+    pods = {o["metadata"]["labels"]["app.kubernetes.io/component"]:
+            o["spec"]["template"]["metadata"]["labels"]
+            for o in objects if o["kind"] == "StatefulSet"}
+    assert set(pods) == {"master", "secondary"}
+    assert pods["master"]["bindha.io/role"] == pods["master"]["role"] == "standby"
+    product = {(o["kind"], o["metadata"]["name"]) for o in build(kustomize, "base")}
+    for obj in objects:
+        if (obj["kind"], obj["metadata"]["name"]) not in product:
+            continue  # an overlay's own lab object (node-lab's Namespace and hostPath PV)
+        where = f"{path}: {obj['kind']}/{obj['metadata']['name']}"
+        labels = obj["metadata"].get("labels", {})
+        assert RECOMMENDED.items() <= labels.items(), where
+        for selector in selectors(obj):
+            keys = set(selector) - {"bindha.io/role"}
+            assert keys == SELECTOR_KEYS, (where, selector)
+            matched = [c for c, template in pods.items()
+                       if {k: v for k, v in selector.items() if k != "bindha.io/role"}.items()
+                       <= template.items()]
+            assert matched == [selector["app.kubernetes.io/component"]], (where, selector)
+    for component, template in pods.items():
+        assert RECOMMENDED.items() <= template.items(), component
+    for sts in (o for o in objects if o["kind"] == "StatefulSet"):
+        # Immutable: a label here (a version) would make the next release unappliable.
+        assert not [t for t in sts["spec"].get("volumeClaimTemplates", [])
+                    if t["metadata"].get("labels")], sts["metadata"]["name"]
+    leader = next(o for o in objects if o["kind"] == "Service"
+                  and o["metadata"]["name"] == "bind-master")
+    assert leader["spec"]["selector"]["bindha.io/role"] == "leader"

@@ -61,11 +61,13 @@ class Lab:
 
     def pods(self, name: str) -> list[Any]:
         return self.core.list_namespaced_pod(
-            NS, label_selector=f"app.kubernetes.io/name={name}").items
+            NS, label_selector="app.kubernetes.io/name=bindha-rwx,"
+            f"app.kubernetes.io/component={name.removeprefix('bind-')}").items
 
     def leader(self) -> Any | None:
         leaders = self.core.list_namespaced_pod(
-            NS, label_selector="app.kubernetes.io/name=bind-master,role=leader").items
+            NS, label_selector="app.kubernetes.io/component=master,bindha.io/role=leader,"
+            "role=leader").items
         return leaders[0] if len(leaders) == 1 else None
 
     def slice_endpoints(self, service: str) -> dict[str, tuple[str, bool]]:
