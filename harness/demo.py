@@ -9,7 +9,9 @@ supervisor) while a client writes without pause, prints the write gap, the takeo
 time and whether any acknowledged update was lost, then waits. Ctrl-C stops
 everything and removes what it made.
 
-    scripts/demo [--no-scenarios] [--test-timings]
+    scripts/demo [--no-scenarios] [--test-timings] [--kubelet]
+
+With ``--kubelet`` the same scenarios run on real pods (harness/nodedemo.py).
 """
 
 from __future__ import annotations
@@ -76,7 +78,17 @@ def main() -> int:
                         help="start the cluster and wait, without the scripted faults")
     parser.add_argument("--test-timings", action="store_true",
                         help="a 3 s Lease instead of the default 10 s")
+    parser.add_argument("--kubelet", action="store_true",
+                        help="real pods: two kubelet nodes running the manifests "
+                        "(harness/nodedemo.py; the node lab's own 6 s Lease)")
     args = parser.parse_args()
+    if args.kubelet:
+        from harness.nodedemo import run
+        try:
+            return run(scenarios=not args.no_scenarios)
+        except AssertionError as exc:
+            print(f"demo: {exc}", file=sys.stderr)
+            return 1
     timing = dict(TEST_TIMING) if args.test_timings else dict(DEFAULT_TIMING)
     try:
         say("bindha-rwx demo: a real kube-apiserver, 3 masters and 2 secondaries as "
