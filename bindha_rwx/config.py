@@ -150,6 +150,9 @@ class Zone:
     ttl: int = 300
     update_policy: tuple[Grant, ...] = ()
     allow_update: tuple[str, ...] = ()
+    # Keys that may AXFR/IXFR this zone from the leader beside secondaries.transferKey,
+    # such as ExternalDNS's rfc2136 key (it reads the zone to find its own records).
+    allow_transfer: tuple[str, ...] = ()
 
     @property
     def file_name(self) -> str:
@@ -787,7 +790,7 @@ class _Reader:
 
     def zone(self, item: Any, where: str, keys: dict[str, TsigKey]) -> Zone | None:
         data = self.mapping(item, where, ("name", "ttl", "soa", "nameservers", "updatePolicy",
-                                          "allowUpdate"))
+                                          "allowUpdate", "allowTransfer"))
         if "name" not in data:
             self.problem(where, "needs a name, such as example.com")
             return None
@@ -797,6 +800,8 @@ class _Reader:
         nameservers = self.nameservers(data.get("nameservers"), f"{where}.nameservers", name)
         policy = self.update_policy(data.get("updatePolicy"), f"{where}.updatePolicy", keys)
         allow = self.allow_update(data.get("allowUpdate"), f"{where}.allowUpdate", keys)
+        transfer = self.allow_transfer(data.get("allowTransfer"), f"{where}.allowTransfer",
+                                       keys)
         if "updatePolicy" in data and "allowUpdate" in data:
             self.problem(where, "has both updatePolicy and allowUpdate: BIND takes only one; "
                          "keep updatePolicy")
@@ -808,7 +813,7 @@ class _Reader:
         if not nameservers or soa is None or not (policy or allow):
             return None
         return Zone(name=name, soa=soa, nameservers=nameservers, ttl=ttl,
-                    update_policy=policy, allow_update=allow)
+                    update_policy=policy, allow_update=allow, allow_transfer=transfer)
 
     def nameservers(self, value: Any, where: str, zone: str) -> tuple[NameServer, ...]:
         if not isinstance(value, list) or not value:
@@ -915,6 +920,27 @@ class _Reader:
             return ()
         names = [self.key_ref(item, f"{where}[{i}]", keys) for i, item in enumerate(value)]
         return tuple(n for n in names if n is not None)
+
+    def allow_transfer(self, value: Any, where: str,
+                       keys: dict[str, TsigKey]) -> tuple[str, ...]:
+        """``allowTransfer``: more TSIG keys that may transfer the zone from the leader."""
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not value:
+            self.problem(where, "expected a list of TSIG key names from keys (such as "
+                         f"[external-dns]), got {_show(value)}: list them, or remove "
+                         "allowTransfer")
+            return ()
+        names: list[str] = []
+        for i, item in enumerate(value):
+            name = self.key_ref(item, f"{where}[{i}]", keys)
+            if name is None:
+                continue
+            if name in names:
+                self.problem(f"{where}[{i}]", f"key {name!r} is listed twice: remove one")
+                continue
+            names.append(name)
+        return tuple(names)
 
     def key_ref(self, value: Any, where: str, keys: dict[str, TsigKey]) -> str | None:
         if not isinstance(value, str) or not value:

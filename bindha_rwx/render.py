@@ -170,12 +170,15 @@ def _primary_zone(config: Config, zone: Zone, also_notify: Sequence[str]) -> str
         keys = " ".join(f'key "{k}";' for k in zone.allow_update)
         lines.append(f"allow-update {{ {keys} }};")
     transfer_key = config.secondaries.transfer_key
-    if transfer_key:
-        lines.append(f'allow-transfer {{ key "{transfer_key}"; }};')
-        signed = f' key "{transfer_key}"'
+    # The secondaries' key first, then the zone's allowTransfer keys (ExternalDNS's, say).
+    transfer_keys = list(dict.fromkeys(
+        ([transfer_key] if transfer_key else []) + list(zone.allow_transfer)))
+    if transfer_keys:
+        allowed = " ".join(f'key "{k}";' for k in transfer_keys)
+        lines.append(f"allow-transfer {{ {allowed} }};")
     else:
         lines.append("allow-transfer { none; };  # no secondaries.transferKey configured")
-        signed = ""
+    signed = f' key "{transfer_key}"' if transfer_key else ""
     targets = " ".join(f"{ip} port {config.ports.dns}{signed};" for ip in also_notify)
     lines.append(f"also-notify {{ {targets} }};" if targets else "also-notify { };")
     return _zone_block(zone, lines)

@@ -13,6 +13,8 @@
 #   the test control plane (kube-apiserver + etcd), built from the Go module proxy, cached
 #   kustomize and helm (for the manifests and chart tests), built from the Go module
 #   proxy, cached (helm ~4.5 min once)
+#   ExternalDNS (tests/kube/test_external_dns.py), built from the Go module proxy with the
+#   go1.27.3 toolchain it fetches there, cached (scripts/build-external-dns.sh)
 #   the test node (kubelet, kube-scheduler, kube-proxy, containerd 2.x, pause image),
 #   built from the Go module proxy, cached (scripts/build-kubenode.sh, ~90 s cold)
 #   the product image for the test node (scripts/build-node-image.sh: build-image.sh from
@@ -85,6 +87,7 @@ fi
 scripts/build-testplane.sh >/dev/null
 scripts/build-kustomize.sh >/dev/null
 scripts/build-helm.sh >/dev/null
+scripts/build-external-dns.sh >/dev/null
 scripts/build-kubenode.sh >/dev/null
 scripts/build-node-image.sh >/dev/null
 say "ready"

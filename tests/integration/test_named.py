@@ -25,6 +25,7 @@ from harness.bindlab import (
     NamedProcess,
     keyring,
     load_pod_config,
+    write_key_files,
     write_pod_config,
 )
 from harness.pods import wait_until
@@ -57,6 +58,18 @@ def start_secondary(tmp_path: Path, address_pool, key_files, shared_dir,
     named = NamedProcess.from_text(config, render_secondary(config, primary.ip))
     named.start()
     return named
+
+
+def xfr_rcode(named: NamedProcess, key=None) -> int:
+    """The rcode of an AXFR of ZONE from ``named``, signed with ``key`` (or unsigned)."""
+    try:
+        zone = dns.zone.from_xfr(dns.query.xfr(
+            named.ip, ZONE, port=named.config.ports.dns, keyring=key and keyring(key),
+            keyname=key and key.name, timeout=5, lifetime=10))
+    except dns.xfr.TransferError as exc:
+        return exc.rcode
+    assert zone.get_rdataset("@", "SOA") is not None
+    return dns.rcode.NOERROR
 
 
 def send_update(named: NamedProcess, name: str, address: str, key=None) -> int:
@@ -177,3 +190,41 @@ def test_cert_manager_dns01_add_and_remove_with_its_algorithm_choice(primary: Na
     assert challenge(primary, key, CERT_MANAGER_ALGORITHMS[mine], add=False) == \
         dns.rcode.NOERROR
     assert txt(primary, "_acme-challenge.www") == []
+
+
+def test_allow_transfer_key_may_update_and_transfer_others_are_refused(
+        tmp_path: Path, address_pool, shared_dir):
+    """ExternalDNS's rfc2136 key: updates its records and AXFRs the zone to find them
+    (zones[].allowTransfer); a key the zone does not list is REFUSED the transfer."""
+    keys = write_key_files(tmp_path / "keys",
+                           ["update-key", "transfer-key", "external-dns", "other-key"])
+    zones = [dict(ZONES[0], allowTransfer=["external-dns"],
+                  updatePolicy=[{"key": "update-key", "rule": "zonesub"},
+                                {"key": "external-dns", "rule": "zonesub",
+                                 "types": ["A", "AAAA", "TXT"]}])]
+    ip = address_pool.take()
+    path = write_pod_config(tmp_path / "master-0", pod_ip=ip, dyn_dir=shared_dir,
+                            key_files=keys, zones=zones, rndc_port=9533)
+    config = load_pod_config(path, "bind-master-0", ip)
+    (shared_dir / config.zones[0].file_name).write_text(render_bootstrap_zone(config.zones[0]))
+    text = render_primary(config, also_notify=[])
+    assert 'allow-transfer { key "transfer-key"; key "external-dns"; };' in text
+    named = NamedProcess.from_text(config, text)
+    named.start()
+    try:
+        named.wait_serving()
+        extdns = config.keys["external-dns"]
+        assert send_update(named, "web", "192.0.2.80", key=extdns) == dns.rcode.NOERROR
+        assert xfr_rcode(named, extdns) == dns.rcode.NOERROR
+        zone = dns.zone.from_xfr(dns.query.xfr(named.ip, ZONE, port=config.ports.dns,
+                                               keyring=keyring(extdns), keyname=extdns.name,
+                                               timeout=5, lifetime=10))
+        assert [rr.address for rr in zone.get_rdataset("web", "A")] == ["192.0.2.80"]
+        assert xfr_rcode(named, config.keys["transfer-key"]) == dns.rcode.NOERROR
+        # a key named can verify but the zone does not list, and no key at all: REFUSED
+        assert xfr_rcode(named, config.keys["update-key"]) == dns.rcode.REFUSED
+        assert xfr_rcode(named, config.keys["other-key"]) == dns.rcode.REFUSED
+        assert xfr_rcode(named) == dns.rcode.REFUSED
+        assert named.log_tail(200).count("zone transfer 'lab.example/AXFR/IN' denied") == 3
+    finally:
+        named.stop()

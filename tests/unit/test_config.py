@@ -222,6 +222,47 @@ def test_transfer_key_must_exist(key_files):
     assert problems(data)[0].startswith("secondaries.transferKey: 'axfr' is not in keys")
 
 
+def test_allow_transfer_keys(key_files):
+    data = base(key_files)
+    assert parse(data).zone("example.com").allow_transfer == ()
+    # the update key may also transfer: what ExternalDNS's rfc2136 provider needs
+    data["zones"][0]["allowTransfer"] = ["update-key"]
+    assert parse(data).zone("example.com").allow_transfer == ("update-key",)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (["external-dns"], ["zones[0].allowTransfer[0]: key 'external-dns' is not defined: add it "
+                        "to keys (known: update-key, transfer-key)"]),
+    ("update-key", ["zones[0].allowTransfer: expected a list of TSIG key names from keys "
+                    "(such as [external-dns]), got 'update-key': list them, or remove "
+                    "allowTransfer"]),
+    ([], ["zones[0].allowTransfer: expected a list of TSIG key names from keys (such as "
+          "[external-dns]), got []: list them, or remove allowTransfer"]),
+    (["update-key", "update-key"], ["zones[0].allowTransfer[1]: key 'update-key' is listed "
+                                    "twice: remove one"]),
+    ([7], ["zones[0].allowTransfer[0]: expected the name of a key from keys, got 7"]),
+])
+def test_bad_allow_transfer(key_files, value, expected):
+    data = base(key_files)
+    data["zones"][0]["allowTransfer"] = value
+    assert problems(data) == expected
+
+
+def test_cli_exits_2_on_an_undefined_allow_transfer_key(tmp_path, key_files):
+    data = base(key_files)
+    data["zones"][0]["allowTransfer"] = ["external-dns"]
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(data))
+    result = subprocess.run([sys.executable, "-m", "bindha_rwx", "render", "--role", "primary",
+                             "--config", str(config_file)], capture_output=True, text=True,
+                            timeout=60, env={**ENV, "PATH": "/usr/bin:/usr/sbin:/bin"})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert ("zones[0].allowTransfer[0]: key 'external-dns' is not defined: add it to keys"
+            in result.stderr)
+    assert result.stdout == ""
+
+
 def test_rndc_key_must_not_be_on_the_shared_volume(key_files):
     data = base(key_files)
     data["paths"] = {"rndcKey": "/var/lib/named/dyn/rndc.key"}

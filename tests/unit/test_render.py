@@ -73,6 +73,33 @@ def test_primary_passes_named_checkconf(config_data):
     assert "secret" not in text  # keys are included, never inlined
 
 
+def test_allow_transfer_keys_beside_the_transfer_key(config_data):
+    # ExternalDNS's key both updates and transfers; the other zone keeps the transfer key only
+    config_data["zones"][0]["allowTransfer"] = ["update-key", "transfer-key"]
+    config_data["zones"][1]["allowTransfer"] = ["transfer-key"]
+    config = make(config_data)
+    text = render_primary(config, also_notify=["10.0.0.9"])
+    check_conf(text)
+    first, second = text.split('zone "example.com." {')[1].split('zone "10.in-addr.arpa." {')
+    # the transfer key first, each key once
+    assert 'allow-transfer { key "transfer-key"; key "update-key"; };' in first
+    assert 'allow-transfer { key "transfer-key"; };' in second
+    # NOTIFYs stay signed with the transfer key alone
+    assert 'also-notify { 10.0.0.9 port 53 key "transfer-key"; };' in first
+    # a secondary's zone is untouched: it serves no transfers
+    assert "update-key" not in render_secondary(config, "10.0.0.7").split("zone ")[1]
+
+
+def test_allow_transfer_without_secondaries(config_data):
+    del config_data["secondaries"]
+    config_data["zones"][0]["allowTransfer"] = ["update-key"]
+    text = render_primary(make(config_data))
+    check_conf(text)
+    assert 'allow-transfer { key "update-key"; };' in text
+    assert "also-notify { };" in text
+    assert "no secondaries.transferKey configured" in text  # the other zone
+
+
 def test_acls_render_and_pass_named_checkconf(config_data):
     config_data["acls"] = {"internal": ["10.0.0.0/8"], "office": ["192.0.2.0/24", "2001:db8::1"]}
     config_data["allowQuery"] = ["internal", "office", "localhost"]
