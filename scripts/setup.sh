@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything a fresh machine needs for the tests and the demo, idempotent:
-#   apt: bind9 bind9-utils bind9-dnsutils iproute2 openssl util-linux dnsperf, and fuse3
+#   apt: bind9 bind9-utils bind9-dnsutils iproute2 openssl util-linux dnsperf, strace (the ExternalDNS test traces its connections), and fuse3
 #        (fusermount3, with libfuse3-3 for harness/faultfs.py), and Ceph 16.2 for the CephFS
 #        lab (harness/cephlab.py): ceph-mon ceph-osd ceph-mds ceph-fuse ceph-common
 #        (~113 packages, ~68 MB download, ~290 MB on disk, ~35 s), and runc +
@@ -35,7 +35,7 @@ for tool in named:bind9 named-checkconf:bind9-utils rndc:bind9-utils tsig-keygen
             ceph:ceph-common ceph-authtool:ceph-common monmaptool:ceph-common \
             runc:runc /usr/lib/cni/bridge:containernetworking-plugins \
             prometheus:prometheus promtool:prometheus kubectl:kubectl \
-            buildah:buildah podman:podman debootstrap:debootstrap; do
+            buildah:buildah podman:podman debootstrap:debootstrap strace:strace; do
   cmd=${tool%%:*} pkg=${tool#*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ] && [ ! -x "$cmd" ]; then
     need_apt+=("$pkg")
