@@ -340,6 +340,36 @@ class Record:
         self.path.write_text(json.dumps(self.__dict__))
 
 
+def veth_of(netns: str) -> str:
+    """The root side of a NetLab host's veth, from its netns name (bh<N>-<host>)."""
+    subnet, host = netns.removeprefix("bh").split("-", 1)
+    return f"bh{subnet}h{host}"
+
+
+def _freezer_state(cgroup_root: str) -> Path:
+    return CGROUP_FS / "freezer" / cgroup_root.lstrip("/") / "freezer.state"
+
+
+def _thaw_cgroups(cgroup_root: str) -> None:
+    for state in (CGROUP_FS / "freezer" / cgroup_root.lstrip("/")).rglob("freezer.state"):
+        with contextlib.suppress(OSError):
+            state.write_text("THAWED")
+
+
+def _kill_node(processes: Callable[[], set[int]], cgroup_root: str) -> bool:
+    """SIGKILL ``processes()`` and every task in the node's cgroups; True once all are
+    gone. A stopped (SIGSTOP) process takes SIGKILL at once; a task in a frozen v1
+    cgroup only once thawed, so the thaw comes after the kill: it runs no code of its
+    own before it dies."""
+    for _ in range(3):
+        victims = processes() | _cgroup_pids(cgroup_root)
+        _kill(victims)
+        _thaw_cgroups(cgroup_root)
+        if _wait_gone(victims, 5.0):
+            return True
+    return False
+
+
 def clean_record(record: Record, remove_bridge: bool = True, adopted: bool = True
                  ) -> list[str]:
     """Remove everything of one node: processes (ours by pid and by command line naming
@@ -350,19 +380,14 @@ def clean_record(record: Record, remove_bridge: bool = True, adopted: bool = Tru
     ours.update(_pids_with(marker))  # containerd, kubelet, the shims (-address <dir>/...)
     if adopted:
         ours.update(p for p, mark in record.adopted if any(mark in a for a in _cmdline(p)))
-    for _ in range(3):
-        # Frozen containers die only once thawed.
-        for state in (CGROUP_FS / "freezer" / record.cgroup_root.lstrip("/")).rglob(
-                "freezer.state"):
-            with contextlib.suppress(OSError):
-                state.write_text("THAWED")
-        victims = ours | _cgroup_pids(record.cgroup_root)
-        _kill(victims)
-        if _wait_gone(victims, 5.0):
-            break
+    _kill_node(lambda: ours, record.cgroup_root)
     left = _remove_cgroup_root(record.cgroup_root)
     if record.pod_subnet:
         _run(["ip", "route", "del", record.pod_subnet], check=False)
+    # The root side of the node's veth, at once: `ip netns del` only drops the name, and
+    # the kernel destroys the netns (and the veth with it) later, after its last
+    # reference (seen: a next run's NetLab.take found the veth still there).
+    _run(["ip", "link", "del", veth_of(record.netns)], check=False)
     _run(["ip", "netns", "del", record.netns], check=False)
     if remove_bridge:
         _run(["ip", "link", "del", record.bridge], check=False)
@@ -550,6 +575,9 @@ class KubeNode:
         self.kube_proxy: Component | None = None
         self.timings: dict[str, float] = {}
         self.record: Record | None = None
+        self.frozen = False
+        self.is_cut = False
+        self._stopped: set[int] = set()
 
     # -- configuration ---------------------------------------------------------------
     def _containerd_config(self) -> Path:
@@ -789,8 +817,59 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
             out[name if name not in out else f"{name}-{pid}"] = rss_kib(pid)
         return out
 
+    # -- losing the node (tests/node/test_node_loss.py) ------------------------------
+    def daemons(self) -> set[int]:
+        """containerd, the kubelet, kube-proxy and the shims: the processes whose command
+        line names the node's temp dir."""
+        return set(_pids_with(str(self.workdir)))
+
+    def cut(self) -> None:
+        """Take the node off the lab bridge (the root side of its veth down): neither
+        the apiserver nor the other nodes nor the test reach it or its pods, and nothing
+        it sends arrives. ``reconnect`` undoes it; the veth goes with the netns."""
+        _run(["ip", "link", "set", self.net.link(self.ip), "down"])
+        self.is_cut = True
+
+    def reconnect(self) -> None:
+        _run(["ip", "link", "set", self.net.link(self.ip), "up"])
+        self.is_cut = False
+
+    def freeze(self) -> None:
+        """Stand the node still as a hung machine does: SIGSTOP its daemons (containerd,
+        kubelet, kube-proxy, shims; they live in the harness's cgroup), then freeze its
+        cgroup root in the v1 freezer (every pod's processes; their locks stay held).
+        ``thaw`` undoes it; ``power_off``, ``stop`` and ``cleanup`` work on a frozen node."""
+        self._stopped = self.daemons()
+        _kill(self._stopped, signal.SIGSTOP)
+        _poll("the node's daemons stopped",
+              lambda: all(_proc_state(p) in ("T", "Z") for p in self._stopped), 10, 0.02)
+        state = _freezer_state(self.cgroup_root)
+        self.frozen = True
+        state.write_text("FROZEN")
+        _poll(f"{state} FROZEN", lambda: state.read_text().strip() == "FROZEN", 10, 0.02)
+
+    def thaw(self) -> None:
+        _thaw_cgroups(self.cgroup_root)
+        _kill(self._stopped, signal.SIGCONT)
+        self.frozen = False
+
+    def power_off(self, timeout: float = 15.0) -> None:
+        """What pulling the plug does to the node's processes: SIGKILL every one of them
+        (thawed after the kill, so a frozen task dies without running again), their
+        locks released by the kernel as they die. The node's dirs, cgroups and netns
+        stay, as a dead machine's disk does, until ``stop``."""
+        if not _kill_node(self.daemons, self.cgroup_root):
+            raise RuntimeError(f"{self.name}: processes left after SIGKILL: "
+                               f"{sorted(self.daemons() | _cgroup_pids(self.cgroup_root))}")
+        for component in (self.kube_proxy, self.kubelet, self.containerd):
+            if component is not None and component.process is not None:
+                component.process.wait(timeout)  # reaped; stop() then finds it done
+        self.frozen = False
+
     def stop(self) -> list[str]:
         """Stop the kubelet, then everything else; returns what could not be removed."""
+        if self.frozen:  # SIGTERM would wait on stopped processes
+            self.power_off()
         if self.kube_proxy is not None:
             self.kube_proxy.stop(5)
         if self.kubelet is not None:

@@ -55,8 +55,11 @@ class NetLab:
         ip = f"10.213.{self.subnet}.{host}"
         netns = f"bh{self.subnet}-{host}"
         outside, inside = f"bh{self.subnet}h{host}", f"bh{self.subnet}p{host}"
-        subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=10,
-                       check=False)  # left by a killed run that held our subnet
+        for stale in (["netns", "del", netns], ["link", "del", outside]):
+            # Left by a killed run that held our subnet (a veth also outlives its netns's
+            # name for as long as the kernel takes to destroy the netns).
+            subprocess.run(["ip", *stale], capture_output=True, timeout=10, check=False)
+        self._netns[ip] = netns  # close() removes it even if the rest fails
         _ip("netns", "add", netns)
         _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
         _ip("link", "set", inside, "netns", netns)
@@ -68,7 +71,6 @@ class NetLab:
         _ip("link", "set", "lo", "up", netns=netns)
         if default_route:
             _ip("route", "add", "default", "via", self.api_host, netns=netns)
-        self._netns[ip] = netns
         return ip
 
     def netns(self, ip: str) -> str:
@@ -86,8 +88,8 @@ class NetLab:
         return ["ip", "netns", "exec", self._netns[ip], *argv]
 
     def close(self) -> None:
-        for netns in self._netns.values():
-            subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=10,
-                           check=False)
+        for ip, netns in self._netns.items():
+            for gone in (["link", "del", self.link(ip)], ["netns", "del", netns]):
+                subprocess.run(["ip", *gone], capture_output=True, timeout=10, check=False)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, timeout=10,
                        check=False)

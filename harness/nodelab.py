@@ -231,14 +231,16 @@ def is_ready(pod: Any) -> bool:
 
 
 @contextlib.contextmanager
-def product_lab(node_lab: NodeLab, archive: Path, share_owner: int = 0) -> Iterator[Lab]:
+def product_lab(node_lab: NodeLab, archive: Path, share_owner: int = 0,
+                index: int = 2) -> Iterator[Lab]:
     """Node 2 beside node 1 and the product applied; ``archive``: the product image
     (harness.kubenode.node_image_archive). The caller holds the "node-lab-share" claim:
     the overlay names a fixed host directory. ``share_owner``: the share's uid and gid
-    before the pods start (0: root's, as a fresh share comes; 101: after the fix)."""
+    before the pods start (0: root's, as a fresh share comes; 101: after the fix).
+    ``index``: the second node's (each test module may take its own)."""
     first = node_lab.node
     second = KubeNode(first.parts, node_lab.net, first.server, first.ca, first.token,
-                      index=2, proxy=True)
+                      index=index, proxy=True)
     timings: dict[str, float] = {}
     core = node_lab.core
     cluster_scoped: list[dict] = []

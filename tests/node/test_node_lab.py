@@ -1,11 +1,11 @@
 """The product on two real nodes, applied as a user would (issue 13 stage 2).
 
 `kustomize build manifests/overlays/node-lab` is server-side applied into bindha-lab, a
-namespace enforcing Pod Security "restricted"; the pods run the image of
-scripts/build-node-image.sh under the kubelets, with projected service-account tokens,
-the kubelet's HTTP probes, the real statefulset, endpointslice and disruption controllers.
-The RWX volume is a hostPath PV onto a directory root owns: the masters exit 2 until the
-documented `chown 101:101`.
+namespace enforcing Pod Security "restricted" (tests/node/productlab.py sets the lab up);
+the pods run the image of scripts/build-node-image.sh under the kubelets, with projected
+service-account tokens, the kubelet's HTTP probes, the real statefulset, endpointslice and
+disruption controllers. The RWX volume is a hostPath PV onto a directory root owns: the
+masters exit 2 until the documented `chown 101:101`.
 
 Long (a few minutes): marker node_e2e, outside the default run; scripts/test-node runs it.
 """
@@ -13,92 +13,52 @@ Long (a few minutes): marker node_e2e, outside the default run; scripts/test-nod
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import dns.exception
-import dns.message
-import dns.query
-import dns.rcode
-import dns.tsigkeyring
-import dns.update
 import pytest
+import yaml
 from kubernetes import client
 
-from harness.kubenode import LAB_SHARE, node_image_archive
-from harness.loopback import claim
-from harness.nodelab import (
+from bindha_rwx.fencing import SharedVolume
+from harness.polling import wait_until
+from tests.node.conftest import NodeLab
+from tests.node.productlab import (
     NS,
+    ROOT,
     SHARE,
     ZONE,
     Lab,
     UpdateClient,
     apply,
+    bring_up,
     kustomize_build,
     masters_ready,
     names_on,
     product_lab,
     send_update,
     serves,
-    terminated,
+    soa,
 )
-from harness.polling import wait_until
-from tests.conftest import require
-from tests.node.conftest import NodeLab
 
 pytestmark = [pytest.mark.node, pytest.mark.node_e2e]
 
 
 @pytest.fixture(scope="module")
 def lab(node_lab: NodeLab) -> Iterator[Lab]:
-    try:
-        archive = node_image_archive()
-    except Exception as exc:  # the build's own output is on stderr already
-        require(False, f"the product image could not be built: {exc}")
-        raise
-    # One run at a time: the overlay names a fixed host directory (kubenode cleanup
-    # removes it after a killed run).
-    require(claim("node-lab-share"), f"{LAB_SHARE} is in use by another run")
-    with product_lab(node_lab, archive) as lab:
-        yield lab
+    yield from product_lab(node_lab, index=2)
 
 
 @pytest.fixture(scope="module")
 def running(lab: Lab) -> Lab:
-    """The masters after the documented fix: root-owned share -> exit 2 -> chown -> Ready."""
-    started = time.monotonic()
-
-    def exited_2() -> list[Any] | None:
-        pods = lab.pods("bind-master")
-        done = [p for p in pods if (t := terminated(p)) is not None and t.exit_code == 2]
-        return done if len(done) == 2 else None
-    pods = wait_until(exited_2, 120, "both masters exit 2 on the root-owned share",
-                      interval=0.5)
-    lab.timings["masters exit 2"] = time.monotonic() - started
-    try:  # the last exit's log (the container may be waiting to restart, or running)
-        log = lab.core.read_namespaced_pod_log(pods[0].metadata.name, NS, container="bind",
-                                               previous=True)
-    except client.ApiException:
-        log = lab.core.read_namespaced_pod_log(pods[0].metadata.name, NS, container="bind")
-    print(f"\nmaster log on the root-owned share:\n{log.strip()[-600:]}")
-    assert "cannot write there" in log and "chown -R 101:101" in log, log
-    assert not list(SHARE.iterdir()), "a master wrote on a share it must not use"
-    # The fix, as docs/deploy.md "The shared volume's owner" gives it.
-    os.chown(SHARE, 101, 101)
-    started = time.monotonic()
-
-    def all_ready() -> bool:
-        pods = lab.pods("bind-master") + lab.pods("bind-secondary")
-        return len(pods) == 3 and all(
-            any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
-            for p in pods)
-    wait_until(all_ready, 180, "every pod Ready after chown 101:101", interval=0.5)
-    lab.timings["Ready after chown (kubelet back-off included)"] = time.monotonic() - started
-    return lab
+    return bring_up(lab)
 
 
 def test_every_pod_ready_and_the_leader_slice_holds_exactly_the_leader(running: Lab) -> None:
@@ -375,14 +335,6 @@ def test_a_frozen_leader_is_killed_by_its_liveness_probe_and_the_standby_takes_o
                interval=0.2)
 
 
-def soa(address: str, zone: str) -> bool:
-    try:
-        answer = dns.query.udp(dns.message.make_query(zone, "SOA"), address, timeout=1)
-    except (OSError, dns.exception.DNSException):
-        return False
-    return answer.rcode() == dns.rcode.NOERROR and bool(answer.answer)
-
-
 def test_a_configmap_update_reaches_the_pods_and_is_hot_reloaded(running: Lab) -> None:
     """`kubectl apply` of the ConfigMap with a zone more: the kubelet's atomic writer swaps
     the mounted files (..data), the supervisors reload without a restart, and the leader
@@ -414,3 +366,59 @@ def test_a_configmap_update_reaches_the_pods_and_is_hot_reloaded(running: Lab) -
           f"by the secondaries after {on_secondaries:.1f}s; restarts {restarts} -> {now}")
     assert now == restarts, "a reload must not restart a container"
     assert lab.leader().metadata.uid == leader.metadata.uid
+
+
+def plugin(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
+    """`kubectl bindha` from a "workstation": the plane's kubeconfig and nothing else (no
+    pod environment, no ~/.kube, not the pods' network nor the volume)."""
+    env = {"PATH": os.environ["PATH"], "HOME": "/nonexistent"}
+    return subprocess.run([sys.executable, "-m", "bindha_rwx.kubectlplugin", "--kubeconfig",
+                           str(lab.node_lab.plane.kubeconfig), "-n", NS, *args],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+
+
+def test_the_kubectl_plugin_execs_status_and_fence_status_in_the_lease_holder(
+        running: Lab) -> None:
+    """`kubectl bindha status --in-pod` and `fence status` run `bindha-rwx` in the Lease
+    holder's container through the API's exec (apiserver -> kubelet -> containerd's
+    stream server): what they print is what the shared volume holds."""
+    lab = running
+    wait_until(lambda: masters_ready(lab), 90, "both masters Ready, a leader", interval=0.2)
+    leader = lab.leader()
+    assert send_update(lab, leader.status.pod_ip, f"plugin-{int(time.time())}.{ZONE}",
+                       timeout=3)  # a journal on the share
+    volume = SharedVolume(SHARE)
+    started = time.monotonic()
+    shown = plugin(lab, "status", "--in-pod", "--json")
+    took = time.monotonic() - started
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    status = json.loads(shown.stdout)
+    owner = volume.read_owner()
+    assert owner is not None and owner.pod == leader.metadata.name
+    assert status["lease"]["holder"] == leader.metadata.name
+    assert status["volume"]["reachable"] is True, status["volume"]
+    assert status["volume"]["owner"]["pod"] == owner.pod
+    assert status["volume"]["owner"]["node"] == leader.spec.node_name
+    assert status["volume"]["epoch"] == volume.read_epoch()
+    assert status["volume"]["generation"] == volume.read_generation()
+    assert (SHARE / "example.com.zone.jnl").is_file()
+    zones = yaml.safe_load(lab.core.read_namespaced_config_map(
+        "bind-config", NS).data["config.yaml"])["zones"]  # a test above adds one
+    assert status["journals"] == {"checked": len(zones), "damaged": 0}, status["journals"]
+    assert status["this_pod"]["pod"] == leader.metadata.name
+    assert status["this_pod"]["role"] == "leader", status["this_pod"]
+    # From inside the pod the zones are asked over the pod network: the leader's serial.
+    zone = status["zones"][0]
+    assert zone["zone"] in ("example.com", "example.com.") and zone["leader_reachable"]
+    fenced = plugin(lab, "fence", "status", "--json")
+    assert fenced.returncode == 0, fenced.stdout + fenced.stderr
+    fence = json.loads(fenced.stdout)
+    assert fence["lease_holder"] == leader.metadata.name
+    assert fence["lease_renewing"] is True
+    assert fence["lock_owner"] == owner.pod
+    assert fence["volume"]["epoch"] == volume.read_epoch()
+    text = plugin(lab, "status", "--in-pod")
+    assert text.returncode == 0 and leader.metadata.name in text.stdout, text.stderr
+    print(f"\nkubectl bindha status --in-pod: {took:.1f}s; lock owner {owner.pod}, epoch "
+          f"{status['volume']['epoch']}, journals {status['journals']}, zones "
+          f"{status['zones']}")
