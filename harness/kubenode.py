@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.loopback import claim
+from harness.loopback import claim, release
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE_SCRIPT = ROOT / "scripts" / "build-node-image.sh"
@@ -428,6 +428,7 @@ def cleanup_stale() -> dict[str, list[str]]:
             path.unlink(missing_ok=True)
             continue
         cleaned[name] = clean_record(record)
+        release(f"kubenode-{name}")  # else this process's own start() of it is refused
     return cleaned
 
 
@@ -565,6 +566,7 @@ class KubeNode:
         # 10.213/16 is NetLab's and 10.214/16 the Ceph lab's (their bridges route them in
         # the root netns): pods take 10.221+ so no reply can be routed to another lab.
         self.pod_subnet = f"10.{220 + index}.{net.subnet}.0/24"
+        self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"bindha-{self.name}-"))
         self.cgroup_root = f"/bindha-{self.name}"
         self.ip = ""
@@ -877,9 +879,21 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
         if self.containerd is not None:
             self.containerd.stop(10)
         if self.record is None:
+            # start() failed before its record (the claim refused): only the temp dir
+            # made in __init__ is ours to remove.
+            if self._own_workdir and self.workdir.exists():
+                shutil.rmtree(self.workdir, ignore_errors=True)
+                if self.workdir.exists():
+                    return [str(self.workdir)]
             return []
         left = clean_record(self.record, remove_bridge=False, adopted=False)
         self.record = None
+        # The claim start() took was held for the life of the process: a second KubeNode
+        # of the same name in this run (tests/node/test_two_nodes.py's kn<N>-2 after the
+        # e2e product lab's, harness/nodelab.py) was refused "in use by another run" and
+        # its fixture's teardown found the empty 0700 temp dir __init__ had mkdtemp'd.
+        if not left:
+            release(f"kubenode-{self.name}")
         return left
 
 

@@ -14,13 +14,15 @@ from pathlib import Path
 
 _lock = threading.Lock()
 CLAIMS = Path("/run/bindha-lab")
-_held: list[int] = []  # claim files' descriptors, held open for the life of the process
+# Claim files' descriptors by name, held open for the life of the process unless released.
+_held: dict[str, int] = {}
 
 
 def claim(name: str) -> bool:
     """Claim ``name`` for this process among every process on the machine (a test run,
     a benchmark and the demo may run at once): an flock on /run/bindha-lab/<name> that
-    the kernel drops when the process ends, so a crashed run leaves nothing behind."""
+    the kernel drops when the process ends, so a crashed run leaves nothing behind.
+    A second claim of a name this process holds fails too (flock is per open file)."""
     CLAIMS.mkdir(parents=True, exist_ok=True)
     fd = os.open(CLAIMS / name, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -28,8 +30,16 @@ def claim(name: str) -> bool:
     except BlockingIOError:
         os.close(fd)
         return False
-    _held.append(fd)
+    _held[name] = fd
     return True
+
+
+def release(name: str) -> None:
+    """Give up a claim of this process (nothing if it holds none), so that this process
+    or another one can claim ``name`` again."""
+    fd = _held.pop(name, None)
+    if fd is not None:
+        os.close(fd)  # the only descriptor of its open file: the flock goes with it
 
 
 def has_address(ip: str) -> bool:
