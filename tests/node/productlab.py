@@ -5,6 +5,7 @@ through the documented fix of a root-owned share (exit 2, chown 101:101, Ready).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -78,11 +79,21 @@ def bring_up(lab: Lab) -> Lab:
     pods = wait_until(exited_2, 120, "both masters exit 2 on the root-owned share",
                       interval=0.5)
     lab.timings["masters exit 2"] = time.monotonic() - started
-    try:  # the last exit's log (the container may be waiting to restart, or running)
-        log = lab.core.read_namespaced_pod_log(pods[0].metadata.name, NS, container="bind",
-                                               previous=True)
-    except client.ApiException:
-        log = lab.core.read_namespaced_pod_log(pods[0].metadata.name, NS, container="bind")
+    name = pods[0].metadata.name
+
+    def exit_log() -> str | None:
+        """The log of an attempt that refused the share. The last exit's (the container
+        may be waiting to restart) or the running attempt's; the kubelet may already
+        have removed the dead one ("unable to retrieve container logs for ..."), and
+        every attempt logs the refusal again until the chown."""
+        for previous in (True, False):
+            with contextlib.suppress(client.ApiException):
+                text = lab.core.read_namespaced_pod_log(name, NS, container="bind",
+                                                        previous=previous)
+                if "supervisor.volume_unusable" in text:
+                    return text
+        return None
+    log = wait_until(exit_log, 90, f"{name}'s log of a refused start", interval=0.5)
     print(f"\nmaster log on the root-owned share:\n{log.strip()[-600:]}")
     assert "cannot write there" in log and "chown -R 101:101" in log, log
     assert not list(SHARE.iterdir()), "a master wrote on a share it must not use"
