@@ -50,7 +50,7 @@ from kubernetes import client
 
 from bindha_rwx.autofence import AutoFence
 from bindha_rwx.bindtools import BindToolError, check_conf, ensure_key_file
-from bindha_rwx.bounded import call_within
+from bindha_rwx.bounded import call_patiently, call_within
 from bindha_rwx.config import Config
 from bindha_rwx.discovery import EndpointsWatcher
 from bindha_rwx.election import (
@@ -93,6 +93,8 @@ FREEZE_GAP = 0.5
 FENCE_BACKOFF_CAP = 8
 # Coalesce a burst of EndpointSlice changes (a rolling restart) into one reconfig.
 NOTIFY_DEBOUNCE = 0.2
+# While the start-up waits for the shared volume, say so this often.
+VOLUME_WAIT_SAY_EVERY = 10.0
 
 
 class State(Enum):
@@ -154,6 +156,7 @@ class Master:
                                     self.elector.identity)
                           if config.fencing.storage == "ceph" else None)
         self._next_prepare = 0.0
+        self._volume_wait_said = -VOLUME_WAIT_SAY_EVERY
         self._prepare_job: threading.Thread | None = None
         self._next_epoch_check = 0.0
         self._restart_at: float | None = None
@@ -179,7 +182,8 @@ class Master:
         self.runtime.ensure()
         self.runtime.beat()
         try:
-            self.volume.ensure()
+            call_patiently(self.volume.ensure, self.config.timing.retry_period,
+                           self._waiting_for_volume)
         except FenceError as exc:  # a deployment error: say it and exit 2, no traceback
             log.error("supervisor.volume_unusable", error=str(exc), exit=2)
             print(f"bindha-rwx run: {exc}", file=sys.stderr)
@@ -209,6 +213,22 @@ class Master:
         start("endpoints", self.endpoints.run)
         start("volume-probe", self.volume_probe.run)
         return self.scaffold.serve("supervisor.exit")
+
+    def _waiting_for_volume(self, seconds: float) -> None:
+        """The start-up's first look at the shared volume has not answered. On CephFS a
+        stat of it waits while another client that holds its capabilities is frozen (a
+        lost node), until that client is evicted or the MDS ends its session (about 5
+        minutes at Ceph's defaults). Say so, and keep the heartbeat: a liveness restart
+        would only start the same wait again, silently."""
+        self.runtime.beat()
+        now = time.monotonic()
+        if now - self._volume_wait_said >= VOLUME_WAIT_SAY_EVERY:
+            self._volume_wait_said = now
+            log.warning("supervisor.volume_waiting", dyn_dir=str(self.config.paths.dyn_dir),
+                        seconds=round(seconds, 1), why="the shared volume does not answer "
+                        "(on CephFS: another client that holds its capabilities may be "
+                        "frozen, until it is evicted or its MDS session ends)",
+                        runbook="docs/runbooks/stale-lock.md")
 
     def _on_secondaries(self, addresses: tuple[str, ...]) -> None:
         """EndpointsWatcher thread: note the new set; the controller applies it."""

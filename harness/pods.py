@@ -211,6 +211,13 @@ class MasterPod:
     def has_event(self, name: str) -> bool:
         return any(e.get("event") == name for e in self.events())
 
+    def probe(self, kind: str) -> subprocess.CompletedProcess[str]:
+        """``bindha-rwx probe live|ready`` as the kubelet's exec probe runs it."""
+        return subprocess.run([sys.executable, "-m", "bindha_rwx", "probe", kind, "--config",
+                               str(self.config_path)], capture_output=True, text=True,
+                              timeout=10, env={"POD_NAME": self.name, "POD_IP": self.ip,
+                                               "PATH": "/usr/bin:/bin:/usr/sbin"})
+
     def wait_exit(self, timeout: float) -> int:
         assert self.process is not None
         return self.process.wait(timeout)

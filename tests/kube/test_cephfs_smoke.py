@@ -229,3 +229,48 @@ def test_storage_fencing_evicts_a_lost_nodes_client_once_its_pod_is_gone(
     assert audit["outcomes"] == {f"client.{client_number}": "evicted"}, audit
     assert "owner record" in audit["basis"] and audit["proof"] == "its pod is gone"
     print(f"node loss with storage fencing: serving {took:.2f}s after the pod was deleted")
+
+
+def test_a_pod_started_while_the_holders_client_is_frozen_says_it_waits_for_the_volume(
+        on_cephfs: OnCephFS, ceph_lab: CephLab):
+    """A lone leader's node is lost (supervisor, named and ceph-fuse frozen) and the
+    other master pod starts only now (its node rebooted meanwhile). Its first look at
+    the volume waits for the frozen client's capabilities, which nobody shares, until
+    the MDS ends that session (session_timeout). It says so while it waits, with its
+    heartbeat fresh, so the kubelet does not restart it into the same wait; then it
+    starts, and the storage fence evicts the lost client once the pod is gone."""
+    lab = on_cephfs.lab
+    leader = on_cephfs.add()
+    fencing = {"storage": "ceph", "ceph": {"conf": str(on_cephfs.ceph.conf), "keyring":
+                                           str(ceph_lab.keyring("client.fencer")),
+                                           "id": "fencer", "mds": "a", "timeout": "5s"}}
+    lab.rewrite_configs(lambda data: data.update(fencing=fencing))
+    leader.start()
+    assert lab.leader(timeout=30) is leader
+    writer = UpdateWriter(ZONE, [leader.ip], leader.config.keys["update-key"]).start()
+    wait_until(lambda: len(writer.acks) >= 5, 15, "updates flowing")
+    writer.stop()
+    named = leader.named_processes()[0]
+    leader.signal(signal.SIGSTOP)
+    named.suspend()
+    os.kill(on_cephfs.by_pod[leader.name].pid, signal.SIGSTOP)  # the node stands still
+    late = on_cephfs.add()
+    lab.rewrite_configs(lambda data: data.update(fencing=fencing))
+    late.start()
+    started = time.monotonic()
+    wait_until(lambda: late.has_event("supervisor.volume_waiting"), 3 * T["lease"],
+               "the late pod says it waits for the volume")
+    waiting = next(e for e in late.events() if e.get("event") == "supervisor.volume_waiting")
+    assert waiting["dyn_dir"] == str(on_cephfs.by_pod[late.name].mountpoint), waiting
+    assert not late.has_event("supervisor.start")
+    live = late.probe("live")
+    assert live.returncode == 0, f"the waiting pod fails its liveness probe: {live.stdout}"
+    lab.core.delete_namespaced_pod(leader.name, lab.namespace, grace_period_seconds=0)
+    bound = ceph_lab.settings.session_timeout + T["lease"] + 20
+    wait_until(lambda: late.has_event("named.serving"), bound, "the late pod leads")
+    assert late.has_event("supervisor.start")
+    print(f"a pod started during a node loss: serving {time.monotonic() - started:.1f}s "
+          f"after its start (session_timeout {ceph_lab.settings.session_timeout}s)")
+    served = served_names(late.ip, ZONE, late.config.keys["transfer-key"])
+    lost = [a.name for a in writer.acks if a.name not in served]
+    assert lost == [], f"acknowledged updates lost: {lost}"

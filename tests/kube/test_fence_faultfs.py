@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -93,10 +92,7 @@ def _in_disk_sleep(pid: int) -> bool:
 
 
 def _probe_live(pod: MasterPod) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bindha_rwx", "probe", "live", "--config",
-                           str(pod.config_path)], capture_output=True, text=True, timeout=10,
-                          env={"POD_NAME": pod.name, "POD_IP": pod.ip,
-                               "PATH": "/usr/bin:/bin:/usr/sbin"})
+    return pod.probe("live")
 
 
 @pytest.mark.parametrize(("kind", "ops", "paths"), [

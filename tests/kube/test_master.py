@@ -11,7 +11,6 @@ from __future__ import annotations
 import platform
 import signal
 import subprocess
-import sys
 import time
 
 import bindha_rwx
@@ -174,10 +173,7 @@ def test_frozen_supervisor_fails_liveness_and_keeps_the_standby_out(lab: MasterL
 
 
 def probe(pod, kind: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bindha_rwx", "probe", kind, "--config",
-                           str(pod.config_path)], capture_output=True, text=True, timeout=10,
-                          env={"POD_NAME": pod.name, "POD_IP": pod.ip,
-                               "PATH": "/usr/bin:/bin:/usr/sbin"})
+    return pod.probe(kind)
 
 
 def test_named_crash_is_restarted_then_a_crash_loop_steps_down(lab: MasterLab):
