@@ -17,6 +17,15 @@
 - The fence: in blocked-on-fence, every retryPeriod, the eviction of the lock owner's
   client once its pod is proven gone (bindha_rwx.eviction, the same steps as `fence
   evict`). ``fencing.ceph.auto: false`` leaves that to an operator.
+- The release of this pod's own dead client: a leader whose ceph-fuse died (the mount
+  answers ENOTCONN) has stepped down, but the MDS keeps the dead client's session, and
+  with it the lock, until ``session_autoclose`` (300 s by default): no other pod has
+  proof, since this one lives. This pod has it: nothing of it can write through a
+  FUSE connection that is gone, and its named was killed before. So it evicts its own
+  client (the id it recorded when it took the fence) and the next holder takes the
+  lock at once. Its audit is the log line and the Event: the volume's fence.log is out
+  of this pod's reach. A mount that hangs (cut from Ceph) or answers proves nothing
+  and is left to the MDS.
 
 The controller only starts jobs and reads their last word (``report``); every API,
 volume and Ceph call runs on the job's thread, each with a timeout, so nothing here
@@ -25,11 +34,13 @@ sits on the renewal or guard path (DESIGN: liveness of the fence beats everythin
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 import time
 from typing import Any
 
-from bindha_rwx.cephfence import StorageFenceError
+from bindha_rwx.cephfence import Session, StorageFenceError, client_number
 from bindha_rwx.config import Config
 from bindha_rwx.eviction import RUNBOOK, Eviction, EvictionFailed, Refused, event_message
 from bindha_rwx.fencing import FenceError, Owner, SharedVolume
@@ -63,6 +74,7 @@ class AutoFence:
         self.last: str | None = None  # the fence job's last word, for the state detail
         self.owner_ahead: Owner | None = None  # read by the standby's lock-prepare job
         self._owner_read: threading.Thread | None = None
+        self._release_job: threading.Thread | None = None
 
     # -- from the controller (no I/O) ---------------------------------------------
 
@@ -98,6 +110,15 @@ class AutoFence:
                                      daemon=True)
         self._job.start()
 
+    def release_dead_client(self, owner: Owner) -> None:
+        """This pod just gave up the fence it held as ``owner``: if its own mount is dead,
+        evict its client so that its lock frees now (a job; at most one at a time)."""
+        if not self.settings.auto or _alive(self._release_job):
+            return
+        self._release_job = threading.Thread(target=self._run_release, args=(owner,),
+                                             name="storage-release", daemon=True)
+        self._release_job.start()
+
     def new_episode(self) -> None:
         """Blocked again: say the fence's news afresh (the same words included)."""
         self._said = None
@@ -129,6 +150,13 @@ class AutoFence:
             return
         self._said = result
         outcome, why = result
+        if outcome == "released":
+            log.warning("fence.own_client_released", **why)
+            self.publisher.event("StorageClientReleased", (
+                f"evicted this pod's own dead client {why['client']} at the MDS "
+                f"({why['outcome']}): {why['why']}; the next holder takes the lock now. "
+                "Delete this pod to give it a new mount")[:1000], "Warning")
+            return
         if outcome == "evicted":
             self.last = f"evicted {', '.join(why['clients'])} of {why['pod']}"
             log.warning("fence.storage_evicted", **why)
@@ -183,6 +211,35 @@ class AutoFence:
             self._check = str(exc)[:500]
         except Exception as exc:  # never a traceback: the check only reports
             self._check = f"{type(exc).__name__}: {exc}"[:500]
+
+    def _run_release(self, owner: Owner) -> None:
+        """Evict this pod's own client if its mount answers ENOTCONN (its FUSE daemon
+        is gone for good); anything else proves nothing and changes nothing."""
+        try:
+            try:
+                os.stat(self.volume.dyn_dir)
+                return  # the mount answers: its client lives, and frees its lock itself
+            except OSError as exc:
+                if exc.errno != errno.ENOTCONN:
+                    return
+            why = (f"its mount {self.volume.dyn_dir} answers ENOTCONN (the ceph-fuse "
+                   "behind it is gone) and its named was killed")
+            if not owner.storage_client:
+                self._result = ("waiting", f"{why}, but no client id was recorded for it "
+                                "(ceph-csi): the MDS frees its lock after session_autoclose, "
+                                f"or an operator runs `bindha-rwx fence evict` ({RUNBOOK})")
+                return
+            number = client_number(owner.storage_client)
+            listed = [Session.parse(entry) for entry in self.eviction.fence.sessions()]
+            outcome = (self.eviction.fence.evict(f"client.{number}", listed=True)
+                       if any(s.id == number for s in listed) else "gone already")
+            self._result = ("released", {"client": f"client.{number}", "outcome": outcome,
+                                         "why": why, "pod": owner.pod, "epoch": owner.epoch})
+        except (StorageFenceError, OSError) as exc:
+            self._result = ("failed", f"releasing this pod's own dead client: {exc}"[:700])
+        except Exception as exc:  # never a traceback: the MDS frees it after autoclose
+            self._result = ("failed", f"releasing this pod's own dead client: "
+                            f"{type(exc).__name__}: {exc}"[:700])
 
     def _run_fence(self) -> None:
         """Prove the owner gone, find its client, evict; the outcome for the controller."""

@@ -31,6 +31,7 @@ class FenceHolder:
         self._who = {"pod": pod, "node": node, "pod_ip": pod_ip}
         self.lock: StorageLock | None = None
         self.epoch: int | None = None
+        self.owner: Owner | None = None  # the record this pod wrote when it took the fence
 
     @property
     def held(self) -> bool:
@@ -60,13 +61,14 @@ class FenceHolder:
             return None
         try:
             epoch = self.volume.bump_epoch()
-            self.volume.write_owner(Owner.now(epoch=epoch, generation=generation,
-                                              storage_client=self.volume.storage_client(),
-                                              **self._who))
+            owner = Owner.now(epoch=epoch, generation=generation,
+                              storage_client=self.volume.storage_client(), **self._who)
+            self.volume.write_owner(owner)
         except BaseException:
             self.release()
             raise
         self.epoch = epoch
+        self.owner = owner
         self.watch.watch(self.lock)
         return epoch
 
@@ -100,6 +102,7 @@ class FenceHolder:
             self.lock.close()
         self.lock = None
         self.epoch = None
+        self.owner = None
 
 
 def backoff(failures: int, base: float, cap: float) -> float:

@@ -610,6 +610,7 @@ class Master:
         """
         timing = self.config.timing
         was = self.state
+        held_as = self.fence.owner
         labelled = self._set_role_standby(publish=True)
         named, self.named = self.named, None
         if named is not None:
@@ -627,6 +628,8 @@ class Master:
                 log.error("named.unkillable", pid=named.pid, lock="kept by named's own "
                           "descriptor until it is gone")
         self.fence.release()
+        if held_as is not None and self.autofence is not None:
+            self.autofence.release_dead_client(held_as)  # a job: only if the mount is dead
         self._restart_at = None
         self._volume_failed_under_named = False
         self._served_before_restart = {}

@@ -256,12 +256,16 @@ def client_evicted(c: ChaosLab, leader: MasterPod) -> Outcome:
 def fuse_crash(c: ChaosLab, leader: MasterPod) -> Outcome:
     """The leader's ceph-fuse dies (SIGKILL: ENOTCONN on the mount). Its named fails every
     write; the supervisor loses its lock (the re-lock fails) and steps down. The MDS
-    keeps the dead client's session, and so its lock, until session_autoclose: the
-    next leader waits that long (the storage fence has no proof: the pod still runs)."""
+    keeps the dead client's session, and so its lock, until session_autoclose. With the
+    storage fence the old leader itself has the proof (its mount answers ENOTCONN) and
+    evicts its own dead client, so the next leader takes the lock at once; without it
+    the next leader waits for the MDS."""
     out = Outcome()
     vol = _volume(c)
+    mount = vol.mount_of(leader)
+    number = mount.client_id()
     start = time.monotonic()
-    vol.mount_of(leader).kill()
+    mount.kill()
     wait_until(lambda: not [p for p in leader.named_processes() if can_run(p)],
                c.timing["leaseDuration"] * 3, f"{leader.name}'s named killed")
     out.figures["named_killed_s"] = time.monotonic() - start
@@ -271,6 +275,18 @@ def fuse_crash(c: ChaosLab, leader: MasterPod) -> Outcome:
     late = _late_acks(c, leader, start + 0.5)
     out.expect(not late, f"{leader.name} acknowledged {len(late)} updates after its "
                f"ceph-fuse died: {late[:3]}")
+    if _fenced(c):
+        with contextlib.suppress(AssertionError):  # its log line may follow the lock's release
+            wait_until(lambda: leader.has_event("fence.own_client_released"), 10,
+                       "the release's log line")
+        released = leader.has_event("fence.own_client_released")
+        out.figures["own_client_released"] = released
+        out.expect(released, f"{leader.name} did not release its own dead client")
+        out.expect(out.figures["takeover_s"] < (vol.ceph.settings.session_autoclose or 300),
+                   f"takeover {out.figures['takeover_s']:.1f}s: the MDS's autoclose, not "
+                   "the release")
+        out.expect(number not in [s.get("id") for s in vol.ceph.sessions()],
+                   f"{leader.name}'s dead client.{number} still has a session")
     out.figures["old_state"] = _state(leader)
     _stop(leader)
     return out

@@ -274,3 +274,44 @@ def test_a_pod_started_while_the_holders_client_is_frozen_says_it_waits_for_the_
     served = served_names(late.ip, ZONE, late.config.keys["transfer-key"])
     lost = [a.name for a in writer.acks if a.name not in served]
     assert lost == [], f"acknowledged updates lost: {lost}"
+
+
+def test_a_leader_whose_ceph_fuse_died_releases_its_own_client(on_cephfs: OnCephFS,
+                                                              ceph_lab: CephLab):
+    """The leader's ceph-fuse dies (ENOTCONN on its mount). The MDS would keep the dead
+    client's session, and its lock, until session_autoclose, and the standby has no
+    proof (the pod lives). The old leader has: its mount answers ENOTCONN and its named
+    is killed, so it evicts its own client, and the standby leads at once."""
+    lab = on_cephfs.lab
+    first, second = on_cephfs.add(), on_cephfs.add()
+    fencing = {"storage": "ceph", "ceph": {"conf": str(on_cephfs.ceph.conf), "keyring":
+                                           str(ceph_lab.keyring("client.fencer")),
+                                           "id": "fencer", "mds": "a", "timeout": "5s"}}
+    lab.rewrite_configs(lambda data: data.update(fencing=fencing))
+    first.start()
+    second.start()
+    leader = lab.leader(timeout=30)
+    standby = second if leader is first else first
+    mount = on_cephfs.by_pod[leader.name]
+    number = mount.client_id()
+    writer = UpdateWriter(ZONE, [first.ip, second.ip], leader.config.keys["update-key"]).start()
+    wait_until(lambda: len(writer.acks) >= 10, 15, "updates flowing")
+    mount.kill()
+    killed_at = time.monotonic()
+    wait_until(lambda: standby.has_event("named.serving"), ceph_lab.settings.session_autoclose,
+               "the standby leads")
+    took = time.monotonic() - killed_at
+    assert took < ceph_lab.settings.session_autoclose / 2, f"{took:.1f}s: the MDS, not us"
+    wait_until(lambda: leader.has_event("fence.own_client_released"), 10, "the release")
+    released = next(e for e in leader.events() if e.get("event") == "fence.own_client_released")
+    assert (released["client"], released["outcome"]) == (f"client.{number}", "evicted")
+    assert "ENOTCONN" in released["why"], released
+    assert number not in [s.get("id") for s in ceph_lab.sessions()]
+    assert leader.named_processes() == [] and leader.alive()
+    wait_until(lambda: any(a.server == standby.ip for a in writer.acks), 15,
+               "the new leader acknowledges")
+    writer.stop()
+    served = served_names(standby.ip, ZONE, standby.config.keys["transfer-key"])
+    lost = [a.name for a in writer.acks if a.name not in served]
+    assert lost == [], f"acknowledged updates lost: {lost[:10]}"
+    print(f"ceph-fuse crash with the release: serving {took:.2f}s after the kill")
