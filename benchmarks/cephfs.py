@@ -166,7 +166,7 @@ def ceph_fencing(ceph: CephLab) -> dict[str, Any]:
     """``fencing:`` for the lab: evict with its fencer key (mds 'allow *', mon 'allow r')."""
     return {"storage": "ceph", "ceph": {"conf": str(ceph.conf),
                                         "keyring": str(ceph.keyring("client.fencer")),
-                                        "id": "fencer", "mds": "a", "timeout": "5s"}}
+                                        "id": "fencer", "mds": "cephfs:0", "timeout": "5s"}}
 
 
 def update_latency(lab: MasterLab, clients: int, per_client: int) -> dict[str, float]:

@@ -230,6 +230,26 @@ def mds_restart(c: ChaosLab, leader: MasterPod) -> Outcome:
     return out
 
 
+def mds_failover(c: ChaosLab, leader: MasterPod) -> Outcome:
+    """The active MDS dies for good (SIGKILL; its host is gone): the mon hands rank 0 to
+    the standby once it misses the old one's beacons (mds_beacon_grace, Ceph's 15 s),
+    the standby replays and the clients reconnect to it with their locks. The volume
+    hangs meanwhile, longer than a renewDeadline: whatever the pods decide, the
+    invariants hold, and a leader serves again once the new MDS is active. The dead one
+    then comes back as the new standby."""
+    out = Outcome()
+    vol = _volume(c)
+    start = time.monotonic()
+    old, new_mds, took = vol.ceph.fail_over_mds()
+    active_at = start + took
+    out.figures["mds_active_after_s"] = took
+    out.figures["mds"] = f"{old}->{new_mds}"
+    new = c.any_leader(timeout=wait_seconds_for_mds(vol.ceph))
+    out.figures["serving_after_mds_active_s"] = c.first_ack_from(new, active_at, 60) - active_at
+    out.figures["leader_kept"] = new is leader
+    return out
+
+
 # -- the leader's client evicted, or its ceph-fuse dead ---------------------------------------
 
 def client_evicted(c: ChaosLab, leader: MasterPod) -> Outcome:
@@ -297,6 +317,7 @@ CEPH_FAULTS: dict[str, Fault] = {
     "storage-partition": storage_partition,
     "mds-hang": mds_hang,
     "mds-restart": mds_restart,
+    "mds-failover": mds_failover,
     "client-evicted": client_evicted,
     "fuse-crash": fuse_crash,
 }

@@ -101,6 +101,8 @@ METADATA_POOL = "cephfs_metadata"
 DATA_POOL = "cephfs_data"
 MON = "a"
 MDS = "a"
+STANDBY_MDS = "b"  # started only with LabSettings.standby_mds
+RANK0 = f"{FS_NAME}:0"  # `ceph tell mds.cephfs:0`: whichever MDS holds rank 0 now
 OSD = 0
 MON_PORT = 3300
 TEMP_PREFIX = "bindha-ceph-"  # + N + "-": the run dir (admin sockets), and the workdir if ours
@@ -133,8 +135,8 @@ ADMIN_CAPS = {"mon": "allow *", "osd": "allow *", "mds": "allow *", "mgr": "allo
 DAEMON_CAPS = {
     "mon.": {"mon": "allow *"},
     f"osd.{OSD}": {"mon": "allow profile osd", "osd": "allow *", "mgr": "allow profile osd"},
-    f"mds.{MDS}": {"mon": "allow profile mds", "osd": "allow *", "mds": "allow *",
-                   "mgr": "allow profile mds"},
+    **{f"mds.{name}": {"mon": "allow profile mds", "osd": "allow *", "mds": "allow *",
+                       "mgr": "allow profile mds"} for name in (MDS, STANDBY_MDS)},
 }
 
 _lock = threading.Lock()
@@ -380,6 +382,11 @@ class LabSettings:
     ready_timeout: float = 60.0  # bring-up to an active MDS
     paxos_propose_interval: float = 0.1  # Ceph's default 1 s: every map change waits ~1 s
     mds_beacon_interval: float = 1.0  # Ceph's default 4 s
+    # A second MDS, standby for rank 0 (what a real cluster runs): a killed active MDS
+    # is replaced once the mon misses its beacons for mds_beacon_grace (Ceph's 15 s).
+    standby_mds: bool = False
+    mds_beacon_grace: float | None = None
+    mds_beacon_mon_down_grace: float = 5.0
 
 
 @dataclass
@@ -537,16 +544,16 @@ class CephLab:
         return json.loads(self.ceph(*args, "--format", "json", user=user, timeout=timeout))
 
     def sessions(self, user: str = "admin", timeout: float = 10.0) -> list[dict[str, Any]]:
-        """``ceph tell mds.a session ls`` (JSON): every client session the MDS has."""
-        return list(self.ceph_json("tell", f"mds.{MDS}", "session", "ls", user=user,
+        """``ceph tell mds.cephfs:0 session ls`` (JSON): every client session the MDS has."""
+        return list(self.ceph_json("tell", f"mds.{RANK0}", "session", "ls", user=user,
                                    timeout=timeout))
 
     def evict(self, client_id: int, user: str = "fencer", timeout: float = 15.0) -> float:
-        """``ceph tell mds.a client evict id=N`` as ``client.<user>``: the MDS closes that
+        """``ceph tell mds.cephfs:0 client evict id=N`` as ``client.<user>``: the MDS closes that
         session, blocklists the client and frees its locks. Returns the seconds it took;
         CephError if refused (``.refused``) or not answered within ``timeout``."""
         started = time.monotonic()
-        self.ceph("tell", f"mds.{MDS}", "client", "evict", f"id={client_id}", user=user,
+        self.ceph("tell", f"mds.{RANK0}", "client", "evict", f"id={client_id}", user=user,
                   timeout=timeout)
         return time.monotonic() - started
 
@@ -567,20 +574,60 @@ class CephLab:
 
     @property
     def mds_pid(self) -> int:
-        return self.processes[f"mds.{MDS}"].pid
+        """The active MDS's pid (the one holding rank 0)."""
+        return self.processes[f"mds.{self.active_mds()}"].pid
+
+    def active_mds(self) -> str:
+        """The name of the MDS that is up:active now (the FSMap's word)."""
+        for info in self._mds_infos():
+            if info.get("state") == "up:active":
+                return str(info["name"])
+        raise RuntimeError("no active MDS")
+
+    def _start_mds(self, name: str) -> None:
+        self._daemon(f"mds.{name}", ["ceph-mds", "-c", str(self.conf), "-f", "-i", name])
 
     def restart_mds(self, timeout: float | None = None) -> float:
-        """SIGKILL the MDS and start it again (a crashed MDS; there is no standby): it
-        replays its journal and waits for the clients to reconnect. Seconds until it
-        is active again."""
+        """SIGKILL the active MDS and start it again (a crashed MDS that its init system
+        restarts): it, or a standby, replays the journal and waits for the clients to
+        reconnect. Seconds until an MDS is active again."""
         started = time.monotonic()
-        process = self.processes[f"mds.{MDS}"]
+        name = self.active_mds()
+        process = self.processes[f"mds.{name}"]
         process.kill()
         process.wait(10)
-        self._daemon(f"mds.{MDS}", ["ceph-mds", "-c", str(self.conf), "-f", "-i", MDS])
+        self._start_mds(name)
         wait_until(self._mds_active, timeout or self.settings.ready_timeout,
                    "the restarted MDS active", interval=0.2)
         return time.monotonic() - started
+
+    def fail_over_mds(self, timeout: float | None = None) -> tuple[str, str, float]:
+        """SIGKILL the active MDS for good (its host died): the mon hands rank 0 to the
+        standby once it misses the old one's beacons (mds_beacon_grace), the standby
+        replays the journal and the clients reconnect to it. Then the dead one starts
+        again, as the new standby. (old name, new name, seconds until the new one was
+        active)."""
+        if not self.settings.standby_mds:
+            raise RuntimeError("no standby MDS in this lab (LabSettings.standby_mds)")
+        started = time.monotonic()
+        old = self.active_mds()
+        process = self.processes[f"mds.{old}"]
+        process.kill()
+        process.wait(10)
+
+        def replaced() -> str | None:
+            self._check_daemons(but=f"mds.{old}")
+            name = next((str(i["name"]) for i in self._mds_infos()
+                         if i.get("state") == "up:active"), None)
+            return name if name and name != old else None
+        new = wait_until(replaced, timeout or self.settings.ready_timeout + 30,
+                         "the standby MDS active", interval=0.2)
+        took = time.monotonic() - started
+        self._start_mds(old)
+        wait_until(lambda: any(i.get("name") == old and i.get("state") == "up:standby"
+                               for i in self._mds_infos(include_standbys=True)),
+                   self.settings.ready_timeout, f"mds.{old} back as a standby", interval=0.2)
+        return old, new, took
 
     def set_full(self, full: bool) -> None:
         """Make the cluster full (or not) by its ratios: each OSD compares its use with
@@ -666,7 +713,8 @@ class CephLab:
             self.workdir = self._workdir_arg.resolve()
         for sub in ("keys", "mon", "osd", "mds"):  # a previous lab's, in the same workdir
             shutil.rmtree(self.workdir / sub, ignore_errors=True)
-        for sub in ("keys", "log", f"mon/ceph-{MON}", f"osd/ceph-{OSD}", f"mds/ceph-{MDS}"):
+        for sub in ("keys", "log", f"mon/ceph-{MON}", f"osd/ceph-{OSD}", f"mds/ceph-{MDS}",
+                    f"mds/ceph-{STANDBY_MDS}"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         self.conf = self.workdir / "ceph.conf"
         self.fsid = str(uuid.uuid4())
@@ -704,6 +752,10 @@ mon_data_avail_crit = 0
 # commands; default 1 s) and the MDS reports its state (default 4 s).
 paxos_propose_interval = {s.paxos_propose_interval:g}
 mds_beacon_interval = {s.mds_beacon_interval:g}
+{"" if s.mds_beacon_grace is None else f"mds_beacon_grace = {s.mds_beacon_grace:g}"}
+# A mon fails a silent MDS only once its own quorum is older than this (default 60 s): a
+# lab's mon is seconds old, a real cluster's is not.
+mds_beacon_mon_down_grace = {s.mds_beacon_mon_down_grace:g}
 
 [mon]
 admin_socket = $run_dir/$name.asok
@@ -833,7 +885,8 @@ log_file = {w}/log/$name.log
         mon_keyring = self._gen_key("mon.", DAEMON_CAPS["mon."])
         for entity, caps in (("client.admin", ADMIN_CAPS), ("client.fencer", FENCER_CAPS),
                              (f"osd.{OSD}", DAEMON_CAPS[f"osd.{OSD}"]),
-                             (f"mds.{MDS}", DAEMON_CAPS[f"mds.{MDS}"])):
+                             *[(f"mds.{name}", DAEMON_CAPS[f"mds.{name}"])
+                               for name in self._mds_names()]):
             path = self._gen_key(entity, caps)
             _run(["ceph-authtool", str(mon_keyring), "--import-keyring", str(path)])
         monmap = self.workdir / "monmap"
@@ -844,7 +897,8 @@ log_file = {w}/log/$name.log
         self._daemon(f"mon.{MON}", ["ceph-mon", *conf, "-f", "-i", MON])
         self.timings["mon_started"] = time.monotonic() - t0
         # The MDS may start now: it waits as a standby until the file system exists.
-        self._daemon(f"mds.{MDS}", ["ceph-mds", *conf, "-f", "-i", MDS])
+        for name in self._mds_names():
+            self._start_mds(name)
         osd_uuid = str(uuid.uuid4())
         self.ceph("osd", "new", osd_uuid, str(OSD))
         self.timings["mon_answering"] = time.monotonic() - t0
@@ -864,22 +918,30 @@ log_file = {w}/log/$name.log
                    interval=0.2)
         self.timings["mds_active"] = time.monotonic() - t0
 
-    def _check_daemons(self) -> None:
+    def _check_daemons(self, but: str | None = None) -> None:
         for name, process in self.processes.items():
-            if process.poll() is not None:
+            if name != but and process.poll() is not None:
                 raise RuntimeError(f"{name} exited with {process.returncode}; see "
                                    f"{self.log(name)}:\n{_tail(self.log(name))}\n"
                                    f"{_tail(self.workdir / 'log' / f'{name}.out')}")
 
+    def _mds_names(self) -> list[str]:
+        return [MDS, STANDBY_MDS] if self.settings.standby_mds else [MDS]
+
+    def _mds_infos(self, include_standbys: bool = False) -> list[dict[str, Any]]:
+        """The FSMap's MDS entries of our file system (and the standbys, if asked)."""
+        dump = self.ceph_json("fs", "dump")
+        found: list[dict[str, Any]] = []
+        for fs in dump.get("filesystems", []):
+            if fs.get("mdsmap", {}).get("fs_name") == FS_NAME:
+                found += list(fs["mdsmap"].get("info", {}).values())
+        if include_standbys:
+            found += list(dump.get("standbys", []))
+        return found
+
     def _mds_active(self) -> bool:
         self._check_daemons()
-        dump = self.ceph_json("fs", "dump")
-        for fs in dump.get("filesystems", []):
-            if fs.get("mdsmap", {}).get("fs_name") != FS_NAME:
-                continue
-            infos = fs["mdsmap"].get("info", {}).values()
-            return any(i.get("state") == "up:active" for i in infos)
-        return False
+        return any(i.get("state") == "up:active" for i in self._mds_infos())
 
     def mount(self, pod: str, mountpoint: Path | str, netns: str | None = None,
               timeout: float = 30.0) -> CephMount:

@@ -55,7 +55,7 @@ from bindha_rwx.master import budget_seconds
 from bindha_rwx.probes import RuntimeFiles
 from harness.bindlab import write_key_files
 from harness.cephfaults import CEPH_FAULTS
-from harness.cephlab import CephLab
+from harness.cephlab import CephLab, LabSettings
 from harness.chaosvolume import CephVolume, ChaosVolume, TmpfsVolume
 from harness.faults import FAULTS, Fault, Outcome
 from harness.invariants import FenceSampler, converge_seconds, missing_acks, orphans
@@ -238,7 +238,7 @@ class ChaosRun:
                                                           ["update-key", "transfer-key"]),
                                 timing=dict(self.timing))
             if self.volume == "cephfs":
-                ceph = CephLab(self.root / "ceph")
+                ceph = CephLab(self.root / "ceph", LabSettings(standby_mds=True))
                 ceph.start()
                 volume = CephVolume(ceph, net, lab, self.storage_fencing)
             else:

@@ -150,7 +150,7 @@ class CephVolume:
         if storage_fencing == "ceph":
             lab.extra_config["fencing"] = {"storage": "ceph", "ceph": {
                 "conf": str(ceph.conf), "keyring": str(ceph.keyring("client.fencer")),
-                "id": "fencer", "mds": "a", "timeout": "5s"}}
+                "id": "fencer", "mds": "cephfs:0", "timeout": "5s"}}
 
     def add_master(self, lab: MasterLab) -> MasterPod:
         name = f"bind-master-{len(lab.masters)}"

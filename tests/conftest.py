@@ -69,12 +69,12 @@ def shared_dir(tmp_path: Path) -> Iterator[Path]:
 def ceph_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One real Ceph cluster with a CephFS for the session (harness/cephlab.py), shared
     by tests/cephfs and the master pods' CephFS tests."""
-    from harness.cephlab import CephLab, ceph_fuse_mounts, unavailable
+    from harness.cephlab import CephLab, LabSettings, ceph_fuse_mounts, unavailable
 
     why = unavailable()
     require(why is None, why or "")
     workdir = tmp_path_factory.mktemp("cephlab")
-    lab = CephLab(workdir)
+    lab = CephLab(workdir, LabSettings(standby_mds=True))  # as a real cluster runs
     lab.start()
     print(f"\ncephfs: lab up in {lab.timings['start']:.2f}s "
           f"({', '.join(f'{k} {v:.2f}s' for k, v in lab.timings.items() if k != 'start')})")

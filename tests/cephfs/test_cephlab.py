@@ -176,7 +176,7 @@ def test_a_pod_key_may_not_evict_nor_blocklist(pods: Pods) -> None:
     finally:
         os.close(fd_b)
     assert holder.do("write") == "ok"
-    mds_log = lab.log("mds.a").read_text(errors="replace")
+    mds_log = lab.log(f"mds.{lab.active_mds()}").read_text(errors="replace")
     assert "without `tell` capability" in mds_log
     figure(f"pod key {POD_CAPS}: evict -> {refused.value.stderr.strip().splitlines()[-1]!r}; "
            f"blocklist -> {refused_blocklist.value.stderr.strip().splitlines()[-1]!r}")

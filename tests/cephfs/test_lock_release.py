@@ -190,7 +190,7 @@ def test_a_killed_ceph_fuse_keeps_its_lock_until_the_mds_autocloses_its_session(
             assert try_lock(fd_b) in BUSY, f"lock free {elapsed:.1f}s after the kill"
         took = freed_after(fd_b, killed_at, "the MDS evicts the dead client",
                            timeout=autoclose + 20)
-        mds_log = lab.log("mds.a").read_text(errors="replace")
+        mds_log = lab.log(f"mds.{lab.active_mds()}").read_text(errors="replace")
         found = re.search(rf"evicting unresponsive client \S*:{pods.a.pod} \({client_id}\), "
                           r"after ([0-9.]+) seconds", mds_log)
         assert found, f"no eviction of client {client_id} in the MDS log"

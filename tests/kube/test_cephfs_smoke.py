@@ -160,7 +160,7 @@ def _lose_the_leaders_node(on_cephfs: OnCephFS, keyring: str, ceph_id: str
     lab = on_cephfs.lab
     first, second = on_cephfs.add(), on_cephfs.add()
     fencing = {"storage": "ceph", "ceph": {"conf": str(on_cephfs.ceph.conf),
-                                           "keyring": keyring, "id": ceph_id, "mds": "a",
+                                           "keyring": keyring, "id": ceph_id, "mds": "cephfs:0",
                                            "timeout": "5s"}}
     lab.rewrite_configs(lambda data: data.update(fencing=fencing))
     first.start()
@@ -243,7 +243,7 @@ def test_a_pod_started_while_the_holders_client_is_frozen_says_it_waits_for_the_
     leader = on_cephfs.add()
     fencing = {"storage": "ceph", "ceph": {"conf": str(on_cephfs.ceph.conf), "keyring":
                                            str(ceph_lab.keyring("client.fencer")),
-                                           "id": "fencer", "mds": "a", "timeout": "5s"}}
+                                           "id": "fencer", "mds": "cephfs:0", "timeout": "5s"}}
     lab.rewrite_configs(lambda data: data.update(fencing=fencing))
     leader.start()
     assert lab.leader(timeout=30) is leader
@@ -286,7 +286,7 @@ def test_a_leader_whose_ceph_fuse_died_releases_its_own_client(on_cephfs: OnCeph
     first, second = on_cephfs.add(), on_cephfs.add()
     fencing = {"storage": "ceph", "ceph": {"conf": str(on_cephfs.ceph.conf), "keyring":
                                            str(ceph_lab.keyring("client.fencer")),
-                                           "id": "fencer", "mds": "a", "timeout": "5s"}}
+                                           "id": "fencer", "mds": "cephfs:0", "timeout": "5s"}}
     lab.rewrite_configs(lambda data: data.update(fencing=fencing))
     first.start()
     second.start()

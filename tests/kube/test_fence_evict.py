@@ -103,7 +103,7 @@ class CsiLike:
 
     def configure(self, auto: bool, keyring: Path, ceph_id: str) -> dict:
         fencing = {"storage": "ceph", "ceph": {
-            "conf": str(self.ceph.conf), "keyring": str(keyring), "id": ceph_id, "mds": "a",
+            "conf": str(self.ceph.conf), "keyring": str(keyring), "id": ceph_id, "mds": "cephfs:0",
             "timeout": "5s", "root": self.root, "auto": auto}}
         self.lab.rewrite_configs(lambda data: data.update(fencing=fencing))
         return fencing
