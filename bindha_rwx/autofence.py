@@ -40,7 +40,7 @@ import threading
 import time
 from typing import Any
 
-from bindha_rwx.cephfence import Session, StorageFenceError, client_number
+from bindha_rwx.cephfence import StorageFenceError, client_number
 from bindha_rwx.config import Config
 from bindha_rwx.eviction import RUNBOOK, Eviction, EvictionFailed, Refused, event_message
 from bindha_rwx.fencing import FenceError, Owner, SharedVolume
@@ -230,9 +230,7 @@ class AutoFence:
                                 f"or an operator runs `bindha-rwx fence evict` ({RUNBOOK})")
                 return
             number = client_number(owner.storage_client)
-            listed = [Session.parse(entry) for entry in self.eviction.fence.sessions()]
-            outcome = (self.eviction.fence.evict(f"client.{number}", listed=True)
-                       if any(s.id == number for s in listed) else "gone already")
+            outcome = self.eviction.fence.evict(f"client.{number}")  # or "gone already"
             self._result = ("released", {"client": f"client.{number}", "outcome": outcome,
                                          "why": why, "pod": owner.pod, "epoch": owner.epoch})
         except (StorageFenceError, OSError) as exc:

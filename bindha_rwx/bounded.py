@@ -11,30 +11,37 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 
+class _Attempt(Generic[T]):
+    """``fn()`` on a daemon thread of its own; its result or exception once it ends."""
+
+    def __init__(self, fn: Callable[[], T], name: str) -> None:
+        self.result: list[T] = []
+        self.error: list[BaseException] = []
+
+        def attempt() -> None:
+            try:
+                self.result.append(fn())
+            except BaseException as exc:
+                self.error.append(exc)
+
+        self.thread = threading.Thread(target=attempt, name=name[:40], daemon=True)
+        self.thread.start()
+
+
 def call_within(fn: Callable[[], T], timeout: float, what: str) -> T:
     """``fn()``'s result or exception; TimeoutError naming ``what`` past ``timeout``."""
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def attempt() -> None:
-        try:
-            result.append(fn())
-        except BaseException as exc:
-            error.append(exc)
-
-    thread = threading.Thread(target=attempt, name=f"bounded:{what}"[:40], daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if error:
-        raise error[0]
-    if not result:
+    call = _Attempt(fn, f"bounded:{what}")
+    call.thread.join(timeout)
+    if call.error:
+        raise call.error[0]
+    if not call.result:
         raise TimeoutError(f"{what} did not finish within {timeout:g}s")
-    return result[0]
+    return call.result[0]
 
 
 def call_patiently(fn: Callable[[], T], tick: float, waiting: Callable[[float], None]) -> T:
@@ -42,23 +49,13 @@ def call_patiently(fn: Callable[[], T], tick: float, waiting: Callable[[float], 
     so far)`` called every ``tick`` while it has not answered: for a call that must
     finish before anything else can start (the start-up's first look at the shared
     volume), whose caller must still say why it waits and keep its heartbeat."""
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def attempt() -> None:
-        try:
-            result.append(fn())
-        except BaseException as exc:
-            error.append(exc)
-
     started = time.monotonic()
-    thread = threading.Thread(target=attempt, name="patient-call", daemon=True)
-    thread.start()
+    call = _Attempt(fn, "patient-call")
     while True:
-        thread.join(tick)
-        if not thread.is_alive():
+        call.thread.join(tick)
+        if not call.thread.is_alive():
             break
         waiting(time.monotonic() - started)
-    if error:
-        raise error[0]
-    return result[0]
+    if call.error:
+        raise call.error[0]
+    return call.result[0]
