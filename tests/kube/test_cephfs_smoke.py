@@ -59,6 +59,13 @@ class OnCephFS:
             pod.start()
         return pods
 
+    def storage_fencing(self, keyring: str, ceph_id: str) -> None:
+        """Every pod's config gets ``fencing.storage: ceph`` with this key (the default
+        MDS target, rank 0)."""
+        fencing = {"storage": "ceph", "ceph": {"conf": str(self.ceph.conf), "keyring": keyring,
+                                               "id": ceph_id, "timeout": "5s"}}
+        self.lab.rewrite_configs(lambda data: data.update(fencing=fencing))
+
     def close(self) -> None:
         for mount in self.mounts:  # a frozen client must run again to be unmounted
             with contextlib.suppress(ProcessLookupError):
@@ -159,10 +166,7 @@ def _lose_the_leaders_node(on_cephfs: OnCephFS, keyring: str, ceph_id: str
     blocked on the fence."""
     lab = on_cephfs.lab
     first, second = on_cephfs.add(), on_cephfs.add()
-    fencing = {"storage": "ceph", "ceph": {"conf": str(on_cephfs.ceph.conf),
-                                           "keyring": keyring, "id": ceph_id, "mds": "cephfs:0",
-                                           "timeout": "5s"}}
-    lab.rewrite_configs(lambda data: data.update(fencing=fencing))
+    on_cephfs.storage_fencing(keyring, ceph_id)
     first.start()
     second.start()
     leader = lab.leader(timeout=30)
@@ -241,10 +245,7 @@ def test_a_pod_started_while_the_holders_client_is_frozen_says_it_waits_for_the_
     starts, and the storage fence evicts the lost client once the pod is gone."""
     lab = on_cephfs.lab
     leader = on_cephfs.add()
-    fencing = {"storage": "ceph", "ceph": {"conf": str(on_cephfs.ceph.conf), "keyring":
-                                           str(ceph_lab.keyring("client.fencer")),
-                                           "id": "fencer", "mds": "cephfs:0", "timeout": "5s"}}
-    lab.rewrite_configs(lambda data: data.update(fencing=fencing))
+    on_cephfs.storage_fencing(str(ceph_lab.keyring("client.fencer")), "fencer")
     leader.start()
     assert lab.leader(timeout=30) is leader
     writer = UpdateWriter(ZONE, [leader.ip], leader.config.keys["update-key"]).start()
@@ -255,7 +256,7 @@ def test_a_pod_started_while_the_holders_client_is_frozen_says_it_waits_for_the_
     named.suspend()
     os.kill(on_cephfs.by_pod[leader.name].pid, signal.SIGSTOP)  # the node stands still
     late = on_cephfs.add()
-    lab.rewrite_configs(lambda data: data.update(fencing=fencing))
+    on_cephfs.storage_fencing(str(ceph_lab.keyring("client.fencer")), "fencer")
     late.start()
     started = time.monotonic()
     wait_until(lambda: late.has_event("supervisor.volume_waiting"), 3 * T["lease"],
@@ -284,10 +285,7 @@ def test_a_leader_whose_ceph_fuse_died_releases_its_own_client(on_cephfs: OnCeph
     is killed, so it evicts its own client, and the standby leads at once."""
     lab = on_cephfs.lab
     first, second = on_cephfs.add(), on_cephfs.add()
-    fencing = {"storage": "ceph", "ceph": {"conf": str(on_cephfs.ceph.conf), "keyring":
-                                           str(ceph_lab.keyring("client.fencer")),
-                                           "id": "fencer", "mds": "cephfs:0", "timeout": "5s"}}
-    lab.rewrite_configs(lambda data: data.update(fencing=fencing))
+    on_cephfs.storage_fencing(str(ceph_lab.keyring("client.fencer")), "fencer")
     first.start()
     second.start()
     leader = lab.leader(timeout=30)
