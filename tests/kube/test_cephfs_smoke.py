@@ -66,6 +66,15 @@ class OnCephFS:
                                                "id": ceph_id, "timeout": "5s"}}
         self.lab.rewrite_configs(lambda data: data.update(fencing=fencing))
 
+    def start_fenced_pair(self, keyring: str, ceph_id: str) -> tuple[MasterPod, MasterPod]:
+        """Two pods with ``fencing.storage: ceph``: (leader, standby) once one leads."""
+        first, second = self.add(), self.add()
+        self.storage_fencing(keyring, ceph_id)
+        first.start()
+        second.start()
+        leader = self.lab.leader(timeout=30)
+        return leader, second if leader is first else first
+
     def close(self) -> None:
         for mount in self.mounts:  # a frozen client must run again to be unmounted
             with contextlib.suppress(ProcessLookupError):
@@ -165,12 +174,7 @@ def _lose_the_leaders_node(on_cephfs: OnCephFS, keyring: str, ceph_id: str
     frozen; returns (old leader, standby, the old client's number) once the standby is
     blocked on the fence."""
     lab = on_cephfs.lab
-    first, second = on_cephfs.add(), on_cephfs.add()
-    on_cephfs.storage_fencing(keyring, ceph_id)
-    first.start()
-    second.start()
-    leader = lab.leader(timeout=30)
-    standby = second if leader is first else first
+    leader, standby = on_cephfs.start_fenced_pair(keyring, ceph_id)
     client = on_cephfs.by_pod[leader.name]
     number = client.client_id()
     owner = lab.volume.read_owner()
@@ -283,16 +287,11 @@ def test_a_leader_whose_ceph_fuse_died_releases_its_own_client(on_cephfs: OnCeph
     client's session, and its lock, until session_autoclose, and the standby has no
     proof (the pod lives). The old leader has: its mount answers ENOTCONN and its named
     is killed, so it evicts its own client, and the standby leads at once."""
-    lab = on_cephfs.lab
-    first, second = on_cephfs.add(), on_cephfs.add()
-    on_cephfs.storage_fencing(str(ceph_lab.keyring("client.fencer")), "fencer")
-    first.start()
-    second.start()
-    leader = lab.leader(timeout=30)
-    standby = second if leader is first else first
+    leader, standby = on_cephfs.start_fenced_pair(str(ceph_lab.keyring("client.fencer")),
+                                                  "fencer")
     mount = on_cephfs.by_pod[leader.name]
     number = mount.client_id()
-    writer = UpdateWriter(ZONE, [first.ip, second.ip], leader.config.keys["update-key"]).start()
+    writer = UpdateWriter(ZONE, [leader.ip, standby.ip], leader.config.keys["update-key"]).start()
     wait_until(lambda: len(writer.acks) >= 10, 15, "updates flowing")
     mount.kill()
     killed_at = time.monotonic()
